@@ -1,0 +1,202 @@
+"""The `longvideo` command line.
+
+One error style everywhere: bad input -> `longvideo: error: <one line>` on stderr, exit code 2, no
+traceback (`--traceback` shows one, for bug reports). Commands print their machine-readable result (JSON)
+last on stdout; progress bars go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from longvideo import __version__
+from longvideo.errors import UserError
+
+# Commands of DESIGN.md §3 that are not built yet, and the issue that brings them.
+PENDING = {
+    "generate": "the bundled shapes model (issue #5: training system and bundled model)",
+    "train": "the training system (issue #5)",
+    "curate": "the data-curation pipeline (issue #7)",
+    "convert": "the checkpoint converters (issue #8)",
+    "serve": "the web UI",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but its errors are our one-line error (argparse prints usage + error over two lines)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        where = self.prog.removeprefix("longvideo").strip()
+        raise UserError(f"{where}: {message}" if where else message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="longvideo", description="Long video generation with diffusion transformers.")
+    p.add_argument("--version", action="version", version=f"longvideo {__version__}")
+    p.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    g = sub.add_parser("generate", help="generate a video from a prompt (and an image)")
+    g.add_argument("prompt")
+    g.add_argument("--image")
+    g.add_argument("--frames", type=int, default=33)
+    g.add_argument("--height", type=int)
+    g.add_argument("--width", type=int)
+    g.add_argument("--steps", type=int)
+    g.add_argument("--guidance", type=float)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--model", default="shapes")
+    g.add_argument("-o", "--output", default="out.mp4")
+
+    t = sub.add_parser("train", help="train a model from a YAML config")
+    t.add_argument("config")
+    t.add_argument("overrides", nargs="*", metavar="key=value")
+
+    sub.add_parser("curate", help="curate raw videos into a training manifest").add_argument(
+        "inputs", nargs="*"
+    )
+    sub.add_parser("convert", help="convert a published checkpoint").add_argument("args", nargs="*")
+    sub.add_parser("serve", help="web UI")
+
+    _add_data(sub)
+    _add_eval(sub)
+    return p
+
+
+def _add_data(sub) -> None:
+    data = sub.add_parser("data", help="datasets").add_subparsers(
+        dest="data_command", metavar="KIND", required=True
+    )
+    s = data.add_parser("shapes", help="render shapes-world videos + manifest.jsonl to a folder")
+    s.add_argument("-n", type=int, required=True, help="number of videos")
+    s.add_argument("-o", "--output", required=True, help="output folder")
+    s.add_argument("--frames", type=int, default=33, help="frames per video (default 33)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--include-held-out", action="store_true", help="allow the held-out (color, shape) pairs")
+    s.add_argument("--held-out-only", action="store_true", help="every video has a held-out pair")
+    s.add_argument("--objects", type=_int_list, help="comma list from {1,2} (default 1,2)")
+    for name in ("backgrounds", "colors", "shapes", "sizes"):
+        s.add_argument(f"--{name}", type=_str_list, help=f"comma list restricting {name}")
+    s.add_argument("--motions", type=_str_list, help="comma list, e.g. 'moving left slowly,staying still'")
+    s.add_argument("--quality", type=int, default=10, help="H.264 CRF, 0 (best) .. 51 (default 10)")
+    s.add_argument("--workers", type=int, default=1, help="encoding processes (default 1)")
+
+
+def _add_eval(sub) -> None:
+    ev = sub.add_parser("eval", help="evaluation").add_subparsers(
+        dest="eval_command", metavar="KIND", required=True
+    )
+    s = ev.add_parser("shapes", help="judge shapes-world videos against their captions (JSON)")
+    s.add_argument("video", nargs="?", help="a video file (or use --manifest)")
+    s.add_argument("--prompt", help="the caption to judge against (omit to only detect)")
+    s.add_argument("--manifest", help="judge every row of a manifest.jsonl; prints a summary last")
+    s.add_argument("--limit", type=int, help="only the first N manifest rows")
+    s.add_argument("--results", help="also write per-video results to this JSONL file")
+    ev.add_parser("recon", help="VAE reconstruction metrics (issue #3)")
+
+
+def _str_list(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def _int_list(s: str) -> list[int]:
+    try:
+        return [int(x) for x in _str_list(s)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {s!r}") from None
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_data_shapes(a) -> None:
+    from longvideo.data.shapes import ShapesConfig
+    from longvideo.data.shapes_dataset import write_shapes_dataset
+
+    cfg = ShapesConfig(
+        num_frames=a.frames,
+        include_held_out=a.include_held_out or a.held_out_only,
+        held_out_only=a.held_out_only,
+        num_objects=a.objects or [1, 2],
+        backgrounds=a.backgrounds or [],
+        colors=a.colors or [],
+        shapes=a.shapes or [],
+        sizes=a.sizes or [],
+        motions=a.motions or [],
+    )
+    summary = write_shapes_dataset(a.output, a.n, cfg, seed=a.seed, quality=a.quality, workers=a.workers)
+    print(json.dumps(summary))
+
+
+def cmd_eval_shapes(a) -> None:
+    from longvideo.eval.shapes import evaluate, evaluate_manifest, summarise
+
+    if (a.video is None) == (a.manifest is None):
+        raise UserError("eval shapes: give exactly one of VIDEO or --manifest")
+    if a.manifest is None:
+        from longvideo.data.video_io import read_video
+
+        print(json.dumps(evaluate(read_video(a.video), a.prompt), indent=1))
+        return
+    if a.limit is not None and a.limit <= 0:
+        raise UserError(f"--limit must be > 0, got {a.limit}")
+    results = list(evaluate_manifest(a.manifest, limit=a.limit))
+    if a.results:
+        from pathlib import Path
+
+        Path(a.results).write_text("".join(json.dumps(r) + "\n" for r in results))
+    print(json.dumps(summarise(results), indent=1))
+
+
+def _pending(a) -> None:
+    raise UserError(f"'{a.command}' is not available yet: it needs {PENDING[a.command]}")
+
+
+def _dispatch(a) -> None:
+    if a.command in PENDING:
+        return _pending(a)
+    if a.command == "data":
+        return cmd_data_shapes(a)
+    if a.command == "eval":
+        if a.eval_command == "recon":
+            raise UserError("'eval recon' is not available yet: it needs the video VAE (issue #3)")
+        return cmd_eval_shapes(a)
+    raise UserError(f"unknown command {a.command!r}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    show_tb = "--traceback" in argv
+    try:
+        _dispatch(build_parser().parse_args(argv))
+        return 0
+    except UserError as e:
+        if show_tb:
+            raise
+        print(f"longvideo: error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
+        if show_tb:
+            raise
+        print(f"longvideo: error: {e.strerror or e}: {e.filename}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("longvideo: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `longvideo ... | head`
+        return 0
+    except Exception as e:
+        if show_tb:
+            raise
+        msg = str(e).splitlines()[0] if str(e) else ""
+        print(
+            f"longvideo: internal error: {type(e).__name__}: {msg} (rerun with --traceback)", file=sys.stderr
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Typed configs: one dataclass per component, filled from YAML and `key=value` overrides.
+
+OmegaConf does the merging and type checking against the dataclass schema (it rejects unknown keys and
+values of the wrong type); this module turns its errors into one-line `UserError`s and hands back a plain
+dataclass instance, so no OmegaConf object leaks into the rest of the code.
+
+    cfg = load_config(TrainConfig, "run.yaml", ["optim.lr=1e-4", "data.num_frames=17"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from longvideo.errors import UserError
+
+T = TypeVar("T")
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """Defaults of `cls` <- YAML file at `path` <- `key=value` overrides (dotted keys for nesting)."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls} is not a dataclass")
+    layers = [OmegaConf.structured(cls)]
+    if path is not None:
+        layers.append(_read_yaml(Path(path)))
+    if overrides:
+        layers.append(_parse_overrides(overrides))
+    try:
+        merged = OmegaConf.merge(*layers)
+        obj = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        raise UserError(f"config: {_one_line(e)}") from None
+    _validate_tree(obj)
+    return obj
+
+
+def _validate_tree(obj: Any) -> None:
+    """Run every component's own `validate()` (range and name checks raising UserError), leaves first."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _validate_tree(value)
+    if callable(getattr(obj, "validate", None)):
+        obj.validate()
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain nested dict of a config dataclass (for saving next to checkpoints)."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def _read_yaml(path: Path):
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"config file {path} is not valid YAML: {_one_line(e)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping at the top level")
+    return OmegaConf.create(data)
+
+
+def _parse_overrides(overrides: Sequence[str]):
+    for o in overrides:
+        key, sep, _ = o.partition("=")
+        if not sep or not key or not all(part.isidentifier() for part in key.split(".")):
+            raise UserError(f"bad override {o!r}: expected key=value (dotted keys for nested fields)")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as e:
+        raise UserError(f"bad override: {_one_line(e)}") from None
+
+
+def _one_line(e: Exception) -> str:
+    """OmegaConf messages span several lines (full_key, object_type...); keep the first, add the key."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    msg = lines[0] if lines else type(e).__name__
+    key = getattr(e, "full_key", None)
+    if key and str(key) not in msg:
+        msg += f" (key: {key})"
+    return msg

@@ -1,0 +1,119 @@
+"""The command line: real runs, and one-line errors with exit code 2 for bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from longvideo.cli import main
+from longvideo.data.shapes import HELD_OUT
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, needle):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("longvideo: error: ") and needle in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_data_shapes_writes_videos_and_manifest(tmp_path, capsys):
+    out = tmp_path / "ds"
+    code, stdout, _ = run(capsys, "data", "shapes", "-n", "6", "--frames", "9", "--seed", "3", "-o", str(out))
+    assert code == 0 and json.loads(stdout.strip().splitlines()[-1])["written"] == 6
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and sorted(p.name for p in out.glob("*.mp4")) == sorted(r["path"] for r in rows)
+    for r in rows:
+        assert {"path", "caption", "num_frames", "fps", "height", "width", "objects", "background"} <= set(r)
+        assert (r["num_frames"], r["fps"], r["height"], r["width"]) == (9, 8.0, 64, 64)
+        assert all(not o["held_out"] and (o["color"], o["shape"]) not in HELD_OUT for o in r["objects"])
+    # the files match their captions, judged from pixels only
+    code, stdout, _ = run(capsys, "eval", "shapes", "--manifest", str(out / "manifest.jsonl"))
+    assert code == 0 and json.loads(stdout)["correct"] >= 0.8
+    code, stdout, _ = run(
+        capsys, "eval", "shapes", str(out / rows[0]["path"]), "--prompt", rows[0]["caption"]
+    )
+    assert code == 0 and json.loads(stdout)["caption"] == rows[0]["caption"]
+    # a rerun resumes (keeps every finished video); other settings in the same folder are refused
+    code, stdout, _ = run(capsys, "data", "shapes", "-n", "6", "--frames", "9", "--seed", "3", "-o", str(out))
+    assert code == 0 and json.loads(stdout)["kept"] == 6
+    code, _, err = run(capsys, "data", "shapes", "-n", "6", "--frames", "17", "--seed", "3", "-o", str(out))
+    assert_one_line_error(code, err, "other settings")
+
+
+def test_data_shapes_held_out_only(tmp_path, capsys):
+    out = tmp_path / "ho"
+    assert (
+        run(capsys, "data", "shapes", "-n", "5", "--frames", "5", "--held-out-only", "-o", str(out))[0] == 0
+    )
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert all(any(o["held_out"] for o in r["objects"]) for r in rows)
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["data", "shapes", "-n", "0", "-o", "{tmp}/a"], "must be > 0"),
+        (["data", "shapes", "-n", "-3", "-o", "{tmp}/a"], "must be > 0"),
+        (["data", "shapes", "-n", "x", "-o", "{tmp}/a"], "invalid int value"),
+        (["data", "shapes", "-n", "2", "-o", "{tmp}/a", "--colors", "pink"], "unknown color 'pink'"),
+        (["data", "shapes", "-n", "2", "-o", "{tmp}/a", "--frames", "0"], "num_frames"),
+        (["data", "shapes", "-n", "2", "-o", "{tmp}/file.txt/sub"], "cannot create output folder"),
+        (["data", "shapes", "-n", "2"], "required"),
+        (["eval", "shapes", "{tmp}/missing.mp4"], "missing.mp4"),
+        (
+            [
+                "eval",
+                "shapes",
+                "{tmp}/file.txt",
+                "--prompt",
+                "a small red circle staying still on a black background",
+            ],
+            "file.txt",
+        ),
+        (["eval", "shapes", "--manifest", "{tmp}/nope.jsonl"], "manifest not found"),
+        (["eval", "shapes"], "exactly one of"),
+        (["generate", "a red circle"], "not available yet"),
+        (["train", "x.yaml"], "not available yet"),
+        (["eval", "recon"], "not available yet"),
+        (["frobnicate"], "invalid choice"),
+        ([], "required"),
+    ],
+)
+def test_bad_input_one_line_exit_2(tmp_path, capsys, argv, needle):
+    (tmp_path / "file.txt").write_text("not a video")
+    code, _, err = run(capsys, *[a.replace("{tmp}", str(tmp_path)) for a in argv])
+    assert_one_line_error(code, err, needle)
+
+
+def test_bad_prompt_for_eval(tmp_path, capsys):
+    video = tmp_path / "v.mp4"
+    assert run(capsys, "data", "shapes", "-n", "1", "--frames", "5", "-o", str(tmp_path / "d"))[0] == 0
+    (tmp_path / "d" / "000000.mp4").rename(video)
+    code, _, err = run(
+        capsys,
+        "eval",
+        "shapes",
+        str(video),
+        "--prompt",
+        "a large pink circle staying still on a black background",
+    )
+    assert_one_line_error(code, err, "unknown color 'pink'")
+
+
+def test_console_script_subprocess(tmp_path):
+    """Through a real process: exit code 2, one line on stderr, no traceback."""
+    r = subprocess.run(
+        [sys.executable, "-m", "longvideo", "data", "shapes", "-n", "0", "-o", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "longvideo", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("longvideo ")

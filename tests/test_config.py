@@ -1,0 +1,65 @@
+"""YAML + key=value overrides onto typed dataclasses; unknown keys are errors."""
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from longvideo.config import load_config, save_config
+from longvideo.data.shapes import ShapesConfig
+from longvideo.errors import UserError
+
+
+@dataclass
+class Optim:
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+
+
+@dataclass
+class Job:
+    name: str = "run"
+    steps: int = 10
+    optim: Optim = field(default_factory=Optim)
+    data: ShapesConfig = field(default_factory=ShapesConfig)
+
+
+def test_defaults_yaml_overrides(tmp_path):
+    p = tmp_path / "job.yaml"
+    p.write_text("steps: 50\noptim:\n  lr: 3.0e-4\ndata:\n  colors: [red, blue]\n  num_frames: 17\n")
+    cfg = load_config(Job, p, ["optim.betas=[0.5,0.9]", "data.num_frames=9", "name=shapes"])
+    assert isinstance(cfg, Job) and isinstance(cfg.optim, Optim) and isinstance(cfg.data, ShapesConfig)
+    assert cfg.steps == 50 and cfg.optim.lr == 3e-4 and cfg.optim.betas == [0.5, 0.9]
+    assert cfg.data.colors == ["red", "blue"] and cfg.data.num_frames == 9 and cfg.name == "shapes"
+    assert load_config(Job) == Job()
+
+
+def test_save_and_reload(tmp_path):
+    cfg = load_config(Job, None, ["steps=7", "data.shapes=[circle]"])
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(Job, tmp_path / "c.yaml") == cfg
+
+
+@pytest.mark.parametrize(
+    "yaml_text, overrides, msg",
+    [
+        ("", ["stepz=3"], "stepz"),
+        ("optim:\n  momentum: 0.9\n", [], "momentum"),
+        ("", ["steps=many"], "steps"),
+        ("", ["steps"], "expected key=value"),
+        ("", ["=3"], "expected key=value"),
+        ("", ["data.colors=[pink]"], "unknown color 'pink'"),  # the component's own validation runs
+        ("[1, 2]\n", [], "mapping"),
+        ("steps: [unclosed\n", [], "not valid YAML"),
+    ],
+)
+def test_errors_are_one_line(tmp_path, yaml_text, overrides, msg):
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml_text)
+    with pytest.raises(UserError, match=msg) as e:
+        load_config(Job, p, overrides)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_file():
+    with pytest.raises(UserError, match="not found"):
+        load_config(Job, "/nonexistent/job.yaml")
