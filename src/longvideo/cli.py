@@ -18,7 +18,6 @@ from longvideo.errors import UserError
 # Commands of DESIGN.md §3 that are not built yet, and the issue that brings them.
 PENDING = {
     "generate": "the bundled shapes model (issue #5: training system and bundled model)",
-    "train": "the training system (issue #5)",
     "curate": "the data-curation pipeline (issue #7)",
     "convert": "the checkpoint converters (issue #8)",
     "serve": "the web UI",
@@ -63,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_data(sub)
     _add_eval(sub)
+    _add_bench(sub)
     return p
 
 
@@ -95,7 +95,28 @@ def _add_eval(sub) -> None:
     s.add_argument("--manifest", help="judge every row of a manifest.jsonl; prints a summary last")
     s.add_argument("--limit", type=int, help="only the first N manifest rows")
     s.add_argument("--results", help="also write per-video results to this JSONL file")
-    ev.add_parser("recon", help="VAE reconstruction metrics (issue #3)")
+    r = ev.add_parser("recon", help="VAE reconstruction PSNR/SSIM on unseen shapes-world videos")
+    r.add_argument("--model", default="shapes", help="bundled name, pipeline folder or VAE folder")
+    r.add_argument("--num", type=int, default=16, help="videos (default 16)")
+    r.add_argument("--frames", type=int, default=33, help="frames per video, 4k+1 (default 33)")
+    r.add_argument("--seed", type=int, default=10_000, help="seed of the evaluation videos")
+    r.add_argument("--stream", type=int, default=0, metavar="K", help="stream in chunks of K latent frames")
+    r.add_argument("--json", action="store_true", help="print only the JSON result")
+
+
+def _add_bench(sub) -> None:
+    bench = sub.add_parser("bench", help="benchmarks")
+    b = bench.add_subparsers(dest="bench_command", metavar="KIND", required=True)
+    v = b.add_parser("vae", help="encode + decode N frames; time, frames/s, peak memory (JSON last)")
+    v.add_argument("--model", default="shapes")
+    v.add_argument("--frames", type=int, default=65)
+    v.add_argument("--height", type=int, default=64)
+    v.add_argument("--width", type=int, default=64)
+    v.add_argument("--no-stream", action="store_true", help="whole clip at once (memory grows with N)")
+    v.add_argument("--chunk", type=int, default=4, help="latent frames per streamed chunk")
+    v.add_argument("--device", default="cpu")
+    v.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    v.add_argument("--json", action="store_true")
 
 
 def _str_list(s: str) -> list[str]:
@@ -151,6 +172,63 @@ def cmd_eval_shapes(a) -> None:
     print(json.dumps(summarise(results), indent=1))
 
 
+def cmd_train(a) -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from longvideo.config import load_config
+
+    try:
+        task = (yaml.safe_load(Path(a.config).read_text()) or {}).get("task", "vae")
+    except (OSError, yaml.YAMLError, AttributeError):
+        task = None  # load_config reports the problem in its own words
+    if task not in (None, "vae"):
+        raise UserError(f"task {task!r} is not available yet (this version trains task 'vae')")
+    from longvideo.train.vae import VAETrainConfig, VAETrainer
+
+    cfg = load_config(VAETrainConfig, a.config, a.overrides)
+    print(json.dumps(VAETrainer(cfg).fit()))
+
+
+def cmd_eval_recon(a) -> None:
+    from longvideo.eval.recon import shapes_recon
+    from longvideo.models.vae.io import load_vae
+
+    if a.num <= 0 or a.frames < 1 or (a.frames - 1) % 4:
+        raise UserError("eval recon: --num must be > 0 and --frames 1 + a multiple of 4 (e.g. 33)")
+    vae = load_vae(a.model)
+    res = shapes_recon(vae, a.num, a.frames, a.seed, latent_chunk=a.stream, progress=not a.json)
+    print(json.dumps(res))
+
+
+def cmd_bench_vae(a) -> None:
+    import torch
+
+    from longvideo.bench import bench_vae
+    from longvideo.models.vae.io import load_vae
+
+    if a.chunk <= 0:
+        raise UserError(f"--chunk must be > 0, got {a.chunk}")
+    if a.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device here")
+    vae = load_vae(a.model)
+    print(
+        json.dumps(
+            bench_vae(
+                vae,
+                a.frames,
+                a.height,
+                a.width,
+                stream=not a.no_stream,
+                latent_chunk=a.chunk,
+                device=a.device,
+                dtype=getattr(torch, a.dtype),
+            )
+        )
+    )
+
+
 def _pending(a) -> None:
     raise UserError(f"'{a.command}' is not available yet: it needs {PENDING[a.command]}")
 
@@ -160,10 +238,12 @@ def _dispatch(a) -> None:
         return _pending(a)
     if a.command == "data":
         return cmd_data_shapes(a)
+    if a.command == "train":
+        return cmd_train(a)
     if a.command == "eval":
-        if a.eval_command == "recon":
-            raise UserError("'eval recon' is not available yet: it needs the video VAE (issue #3)")
-        return cmd_eval_shapes(a)
+        return cmd_eval_recon(a) if a.eval_command == "recon" else cmd_eval_shapes(a)
+    if a.command == "bench":
+        return cmd_bench_vae(a)
     raise UserError(f"unknown command {a.command!r}")
 
 

@@ -1,0 +1,211 @@
+"""VAE training: L1 + KL (+ LPIPS with user weights, + PatchGAN from a chosen step), Adam betas (0.5, 0.9),
+joint image + video batches, EMA, and EasyAnimate's second stage (decoder-only fine-tune).
+
+    longvideo train configs/shapes_vae.yaml [key=value ...]
+
+Data is the shapes world rendered in memory. Batch `step` depends only on (seed, step), and the sampling
+noise of step `step` comes from a generator seeded the same way, so a resumed run sees exactly the batches
+and noise the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from longvideo.data.shapes import ShapesConfig, sample_video, video_rng
+from longvideo.errors import UserError
+from longvideo.models.vae.io import load_vae, save_vae
+from longvideo.models.vae.model import CausalVAE, VAEConfig
+from longvideo.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from longvideo.train.ema import EMA
+from longvideo.train.vae_losses import PatchDiscriminator, hinge_d_loss, hinge_g_loss, vae_loss
+
+
+@dataclass
+class VAETrainConfig:
+    task: str = "vae"
+    model: VAEConfig = field(default_factory=VAEConfig)
+    data: ShapesConfig = field(default_factory=ShapesConfig)
+    out: str = "runs/vae"
+    seed: int = 0
+    steps: int = 1000
+    video_frames: int = 9  # 4k+1 frames per video sample
+    batch_size: int = 4
+    image_batch_size: int = 8
+    image_every: int = 3  # every n-th step is an image batch (T = 1); 0 = videos only
+    max_start_frame: int = 64  # clips start at a random frame in [0, this): reflections, crossings
+    lr: float = 2e-4
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
+    warmup: int = 100
+    min_lr_ratio: float = 0.1  # cosine decay to lr * this at the last step
+    grad_clip: float = 1.0
+    kl_weight: float = 1e-6
+    lpips_weights: str | None = None  # VGG16 + LPIPS heads (safetensors); None = no LPIPS term
+    lpips_weight: float = 0.1
+    gan_start: int = -1  # step from which the PatchGAN joins; -1 = never
+    gan_weight: float = 0.1
+    disc_lr: float = 2e-4
+    ema_decay: float = 0.999
+    stage: str = "full"  # "full" | "decoder" (freeze encoder + quant_conv; EasyAnimate stage 2)
+    init: str | None = None  # a VAE folder (or bundled name) to start from
+    save_every: int = 500
+    keep: int = 3
+    log_every: int = 20
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+    export: str | None = None  # write the EMA weights here at the end (config.json + model.safetensors)
+    export_dtype: str = "float32"
+
+    def validate(self) -> VAETrainConfig:
+        if self.task != "vae":
+            raise UserError(f"task {self.task!r}: this trainer handles task 'vae'")
+        if self.video_frames < 1 or (self.video_frames - 1) % self.model.temporal_factor:
+            raise UserError(f"video_frames must be 1 + a multiple of {self.model.temporal_factor}")
+        if self.stage not in ("full", "decoder"):
+            raise UserError(f"stage must be 'full' or 'decoder', got {self.stage!r}")
+        if self.steps < 1 or self.batch_size < 1 or self.image_batch_size < 1:
+            raise UserError("steps, batch_size and image_batch_size must be >= 1")
+        if self.export_dtype not in ("float32", "bfloat16", "float16"):
+            raise UserError(f"export_dtype must be float32, bfloat16 or float16, got {self.export_dtype!r}")
+        return self
+
+
+def shapes_batch(cfg: VAETrainConfig, step: int) -> torch.Tensor:
+    """The batch of step `step`: (B, 3, T, H, W) in [-1, 1]; images (T = 1) on every `image_every`-th step."""
+    image = cfg.image_every > 0 and step % cfg.image_every == 0
+    n, t = (cfg.image_batch_size, 1) if image else (cfg.batch_size, cfg.video_frames)
+    rng = np.random.default_rng([cfg.seed, step, 7])
+    clips = []
+    for i in range(n):
+        video = sample_video(cfg.data, video_rng(cfg.seed, step * 64 + i))
+        clips.append(video.render_tensor(t, start=int(rng.integers(cfg.max_start_frame))))
+    return torch.stack(clips)
+
+
+def lr_at(cfg: VAETrainConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
+
+
+class VAETrainer:
+    def __init__(self, cfg: VAETrainConfig):
+        self.cfg = cfg.validate()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        self.vae = load_vae(cfg.init).train() if cfg.init else CausalVAE(cfg.model)
+        if cfg.init:
+            cfg.model = self.vae.cfg
+        if cfg.stage == "decoder":
+            for m in (self.vae.encoder, self.vae.quant_conv):
+                m.requires_grad_(False)
+        params = [p for p in self.vae.parameters() if p.requires_grad]
+        self.opt = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas))
+        self.ema = EMA(self.vae, cfg.ema_decay)
+        self.lpips = None
+        if cfg.lpips_weights:
+            from longvideo.eval.metrics import LPIPS
+
+            self.lpips = LPIPS(cfg.lpips_weights)
+        self.disc = self.opt_d = None
+        if cfg.gan_start >= 0:
+            self.disc = PatchDiscriminator(cfg.model.in_channels)
+            self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.disc_lr, betas=tuple(cfg.betas))
+        self.out = Path(cfg.out)
+        self.step = 0
+
+    # -- checkpoints ------------------------------------------------------------------------------------
+
+    def save(self) -> Path:
+        tensors = {"model": self.vae.state_dict(), "ema": self.ema.state_dict()}
+        objects = {"optim": self.opt.state_dict()}
+        if self.disc is not None:
+            tensors["disc"] = self.disc.state_dict()
+            objects["optim_d"] = self.opt_d.state_dict()
+        meta = {"ema_updates": self.ema.updates, "config": asdict(self.cfg)}
+        return save_checkpoint(self.out / "ckpt", self.step, tensors, objects, meta, keep=self.cfg.keep)
+
+    def try_resume(self) -> bool:
+        path = latest_checkpoint(self.out / "ckpt")
+        if path is None:
+            return False
+        tensors, objects, meta = load_checkpoint(path)
+        self.vae.load_state_dict(tensors["model"])
+        self.ema.load_state_dict(tensors["ema"], meta["ema_updates"])
+        self.opt.load_state_dict(objects["optim"])
+        if self.disc is not None and "disc" in tensors:
+            self.disc.load_state_dict(tensors["disc"])
+            self.opt_d.load_state_dict(objects["optim_d"])
+        self.step = meta["step"]
+        return True
+
+    # -- one step ---------------------------------------------------------------------------------------
+
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg = self.cfg
+        x = shapes_batch(cfg, step)
+        for g in self.opt.param_groups:
+            g["lr"] = lr_at(cfg, step)
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # posterior noise of this step
+        rec, post = self.vae(x, sample=True, generator=gen)
+        loss, logs = vae_loss(x, rec, post.kl(), cfg.kl_weight, self.lpips, cfg.lpips_weight)
+        gan = self.disc is not None and step >= cfg.gan_start
+        if gan:
+            g_loss = hinge_g_loss(self.disc(rec))
+            loss = loss + cfg.gan_weight * g_loss
+            logs["g"] = g_loss.item()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.vae.parameters(), cfg.grad_clip))
+        self.opt.step()
+        self.ema.update(self.vae)
+        if gan:
+            d_loss = hinge_d_loss(self.disc(x), self.disc(rec.detach()))
+            self.opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.opt_d.step()
+            logs["d"] = d_loss.item()
+        return logs | {"loss": loss.item(), "lr": self.opt.param_groups[0]["lr"], "frames": x.shape[2]}
+
+    def fit(self, progress: bool = True) -> dict:
+        cfg = self.cfg
+        resumed = self.try_resume()
+        self.out.mkdir(parents=True, exist_ok=True)
+        log = (self.out / "metrics.jsonl").open("a")
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train vae", unit="step", disable=not progress)
+        last = {}
+        try:
+            while self.step < cfg.steps:
+                t0 = time.perf_counter()
+                logs = self.train_step(self.step)
+                self.step += 1
+                last = logs | {"step": self.step, "sec": round(time.perf_counter() - t0, 3)}
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    log.write(json.dumps(last) + "\n")
+                    log.flush()
+                if self.step % cfg.save_every == 0 or self.step == cfg.steps:
+                    self.save()
+                bar.set_postfix(loss=f"{logs['loss']:.4f}", l1=f"{logs['l1']:.4f}")
+                bar.update()
+        finally:
+            bar.close()
+            log.close()
+        if cfg.export:
+            self.export(cfg.export)
+        return {"steps": self.step, "resumed": resumed, "last": last, "out": str(self.out)}
+
+    def export(self, folder: str | Path) -> Path:
+        """The EMA weights as a VAE folder (what `load_vae` and pipelines read)."""
+        vae = CausalVAE(self.cfg.model)
+        self.ema.copy_to(vae)
+        return save_vae(vae, folder, dtype=getattr(torch, self.cfg.export_dtype))

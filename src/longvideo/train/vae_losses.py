@@ -1,0 +1,59 @@
+"""Losses for VAE training: reconstruction (L1), KL, optional LPIPS, and a PatchGAN discriminator.
+
+The discriminator judges frames independently (a 2D PatchGAN over (B*T, C, H, W)), as EasyAnimate's and
+Open-Sora-Plan's VAE losses do for their image discriminators; hinge loss on both sides.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from longvideo.models.vae.layers import to_frames
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN (pix2pix NLayer): strided 4x4 convs, one logit per overlapping patch."""
+
+    def __init__(self, in_channels: int = 3, channels: int = 64, layers: int = 3):
+        super().__init__()
+        mods: list[nn.Module] = [nn.Conv2d(in_channels, channels, 4, 2, 1), nn.LeakyReLU(0.2)]
+        c = channels
+        for i in range(1, layers + 1):
+            c_next = channels * min(2**i, 8)
+            stride = 2 if i < layers else 1
+            norm = nn.GroupNorm(min(32, c_next // 4), c_next)
+            mods += [nn.Conv2d(c, c_next, 4, stride, 1), norm, nn.LeakyReLU(0.2)]
+            c = c_next
+        mods.append(nn.Conv2d(c, 1, 4, 1, 1))
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C, T, H, W) -> patch logits (B*T, 1, h, w)
+        return self.net(to_frames(x))
+
+
+def hinge_d_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    return 0.5 * (F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean())
+
+
+def hinge_g_loss(fake_logits: Tensor) -> Tensor:
+    return -fake_logits.mean()
+
+
+def vae_loss(
+    x: Tensor,
+    rec: Tensor,
+    kl: Tensor,
+    kl_weight: float,
+    lpips: nn.Module | None = None,
+    lpips_weight: float = 0.0,
+) -> tuple[Tensor, dict[str, float]]:
+    """L1 (+ LPIPS) + kl_weight * KL (KL summed over latent elements, averaged over the batch)."""
+    l1 = (rec - x).abs().mean()
+    loss = l1 + kl_weight * kl.mean()
+    logs = {"l1": l1.item(), "kl": kl.mean().item()}
+    if lpips is not None and lpips_weight > 0:
+        p = lpips(rec, x).mean()
+        loss = loss + lpips_weight * p
+        logs["lpips"] = p.item()
+    return loss, logs

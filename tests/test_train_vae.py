@@ -1,0 +1,157 @@
+"""VAE trainer: loss falls, exact resume, atomic checkpoints, export/load, decoder-only stage, CLI."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from longvideo.cli import main
+from longvideo.config import load_config
+from longvideo.models.vae.io import load_vae, save_vae
+from longvideo.models.vae.model import CausalVAE, vae_preset
+from longvideo.train.checkpoint import list_checkpoints
+from longvideo.train.vae import VAETrainConfig, VAETrainer, shapes_batch
+
+TINY = [
+    "model.base_channels=8",
+    "model.channel_mult=[1,2,2,2]",
+    "model.num_res_blocks=1",
+    "model.norm_groups=4",
+    "data.height=48",
+    "data.width=48",
+    "video_frames=5",
+    "batch_size=2",
+    "image_batch_size=2",
+    "lr=3e-3",
+    "warmup=2",
+    "log_every=1",
+    "threads=1",
+]
+
+
+def tiny_cfg(tmp_path, *extra) -> VAETrainConfig:
+    return load_config(VAETrainConfig, None, [*TINY, f"out={tmp_path / 'run'}", *extra])
+
+
+def test_batches_are_deterministic_and_joint():
+    cfg = load_config(VAETrainConfig, None, TINY)
+    assert shapes_batch(cfg, 0).shape == (2, 3, 1, 48, 48)  # image step (image_every = 3)
+    assert shapes_batch(cfg, 1).shape == (2, 3, 5, 48, 48)
+    assert torch.equal(shapes_batch(cfg, 4), shapes_batch(cfg, 4))
+    assert not torch.equal(shapes_batch(cfg, 4), shapes_batch(cfg, 5))
+
+
+def test_resume_is_exact(tmp_path):
+    straight = VAETrainer(tiny_cfg(tmp_path / "a", "steps=4", "save_every=100"))
+    straight.fit(progress=False)
+    first = VAETrainer(tiny_cfg(tmp_path / "b", "steps=2", "save_every=1"))
+    first.fit(progress=False)
+    resumed = VAETrainer(tiny_cfg(tmp_path / "b", "steps=4", "save_every=1"))
+    assert resumed.fit(progress=False)["resumed"]
+    for (k, a), b in zip(straight.vae.state_dict().items(), resumed.vae.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    assert straight.ema.state_dict().keys() == resumed.ema.state_dict().keys()
+    assert all(torch.equal(straight.ema.shadow[k], resumed.ema.shadow[k]) for k in straight.ema.shadow)
+    logs_a = [json.loads(x)["loss"] for x in (tmp_path / "a/run/metrics.jsonl").read_text().splitlines()]
+    logs_b = [json.loads(x)["loss"] for x in (tmp_path / "b/run/metrics.jsonl").read_text().splitlines()]
+    assert logs_a == logs_b  # the same loss sequence, interrupted or not
+    assert [p.name for p in list_checkpoints(tmp_path / "b/run/ckpt")] == [f"step_{i:07d}" for i in (2, 3, 4)]
+
+
+def test_kill_mid_run_leaves_complete_checkpoints(tmp_path):
+    """A process killed with SIGKILL while training: every checkpoint folder present is complete."""
+    run = tmp_path / "k"
+    args = [*TINY, f"out={run}", "steps=400", "save_every=1", "keep=100"]
+    code = "import sys; from longvideo.cli import main; sys.exit(main(['train', sys.argv[1], *sys.argv[2:]]))"
+    cfg = tmp_path / "k.yaml"
+    cfg.write_text("task: vae\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(cfg), *args], stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+    )
+    import time
+
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list_checkpoints(run / "ckpt")) < 3:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    ckpts = list_checkpoints(run / "ckpt")
+    assert len(ckpts) >= 3
+    for c in ckpts:
+        files = {p.name for p in c.iterdir()}
+        assert files == {"model.safetensors", "ema.safetensors", "optim.pt", "trainer.json"}
+    resumed = VAETrainer(tiny_cfg(tmp_path / "unused", f"out={run}", f"steps={int(ckpts[-1].name[5:]) + 1}"))
+    assert resumed.try_resume() and resumed.step == int(ckpts[-1].name[5:])
+
+
+def test_loss_falls_export_and_decoder_stage(tmp_path):
+    simple = ["data.backgrounds=[black]", "data.num_objects=[1]", "data.sizes=[large]", "lr=1e-2"]
+    t = VAETrainer(tiny_cfg(tmp_path, "steps=40", "save_every=100", f"export={tmp_path / 'vae'}", *simple))
+    x = torch.cat([shapes_batch(t.cfg, 10_000 + i) for i in (1, 4)])  # video batches never trained on
+
+    def held_out_l1(vae):
+        with torch.no_grad():
+            return (vae(x, sample=False)[0] - x).abs().mean().item()
+
+    before = held_out_l1(t.vae)
+    t.fit(progress=False)
+    assert held_out_l1(t.vae) < 0.6 * before
+    vae = load_vae(tmp_path / "vae")
+    assert isinstance(vae, CausalVAE) and vae.cfg.base_channels == 8
+    # stage 2: the encoder stays frozen
+    d = VAETrainer(tiny_cfg(tmp_path / "d", "steps=3", "stage=decoder", f"init={tmp_path / 'vae'}"))
+    before = {k: v.clone() for k, v in d.vae.encoder.state_dict().items()}
+    dec_before = d.vae.decoder.conv_out.conv.weight.clone()
+    d.fit(progress=False)
+    assert all(torch.equal(before[k], v) for k, v in d.vae.encoder.state_dict().items())
+    assert not torch.equal(dec_before, d.vae.decoder.conv_out.conv.weight)
+
+
+def test_vae_folder_errors(tmp_path):
+    from longvideo.errors import UserError
+
+    save_vae(CausalVAE(vae_preset("tiny")), tmp_path / "v")
+    with pytest.raises(UserError, match="no VAE"):
+        load_vae(tmp_path / "nothing")
+    (tmp_path / "v" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(UserError, match="cannot read weights"):
+        load_vae(tmp_path / "v")
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["train", "{tmp}/missing.yaml"], "not found"),
+        (["train", "{tmp}/c.yaml", "stepz=3"], "stepz"),
+        (["train", "{tmp}/c.yaml", "video_frames=4"], "video_frames"),
+        (["train", "{tmp}/dit.yaml"], "not available yet"),
+        (["eval", "recon", "--model", "{tmp}"], "no VAE"),
+        (["eval", "recon", "--frames", "8"], "--frames"),
+        (["bench", "vae", "--model", "{tmp}/v", "--frames", "10"], "--frames must be 1 + a multiple of 4"),
+        (["bench", "vae", "--model", "{tmp}/v", "--height", "60"], "multiples of 8"),
+    ],
+)
+def test_cli_errors(tmp_path, capsys, argv, needle):
+    (tmp_path / "c.yaml").write_text("task: vae\n")
+    (tmp_path / "dit.yaml").write_text("task: dit\n")
+    save_vae(CausalVAE(vae_preset("tiny")), tmp_path / "v")
+    code = main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+
+
+def test_cli_recon_and_bench(tmp_path, capsys):
+    save_vae(CausalVAE(vae_preset("tiny")), tmp_path / "v")
+    recon = ["eval", "recon", "--model", str(tmp_path / "v"), "--num", "1", "--frames", "9", "--json"]
+    assert main(recon) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(res) >= {"psnr", "ssim"} and res["videos"] == 1
+    assert main([*recon, "--stream", "1"]) == 0
+    streamed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert streamed["psnr"] == pytest.approx(res["psnr"], abs=1e-3)
+    for extra in ([], ["--no-stream"]):
+        assert main(["bench", "vae", "--model", str(tmp_path / "v"), "--frames", "17", *extra]) == 0
+        b = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert b["frames"] == 17 and b["frames_per_s"] > 0 and b["stream"] == (not extra)
