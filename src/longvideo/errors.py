@@ -5,5 +5,8 @@ one line; the CLI prints it as `longvideo: error: <message>` and exits with code
 """
 
 
-class UserError(Exception):
-    """Bad input from the user: a one-line message, exit code 2 at the CLI."""
+class UserError(ValueError):
+    """Bad input from the user: a one-line message, exit code 2 at the CLI.
+
+    A ValueError, so library callers that already catch ValueError for bad arguments keep working.
+    """

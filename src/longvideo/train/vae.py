@@ -48,6 +48,7 @@ class VAETrainConfig:
     min_lr_ratio: float = 0.1  # cosine decay to lr * this at the last step
     grad_clip: float = 1.0
     kl_weight: float = 1e-6
+    mse_weight: float = 0.0  # an MSE term beside L1 (see vae_losses.vae_loss for why)
     lpips_weights: str | None = None  # VGG16 + LPIPS heads (safetensors); None = no LPIPS term
     lpips_weight: float = 0.1
     gan_start: int = -1  # step from which the PatchGAN joins; -1 = never
@@ -157,7 +158,7 @@ class VAETrainer:
             g["lr"] = lr_at(cfg, step)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # posterior noise of this step
         rec, post = self.vae(x, sample=True, generator=gen)
-        loss, logs = vae_loss(x, rec, post.kl(), cfg.kl_weight, self.lpips, cfg.lpips_weight)
+        loss, logs = vae_loss(x, rec, post.kl(), cfg.kl_weight, self.lpips, cfg.lpips_weight, cfg.mse_weight)
         gan = self.disc is not None and step >= cfg.gan_start
         if gan:
             g_loss = hinge_g_loss(self.disc(rec))

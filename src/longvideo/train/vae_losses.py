@@ -47,11 +47,21 @@ def vae_loss(
     kl_weight: float,
     lpips: nn.Module | None = None,
     lpips_weight: float = 0.0,
+    mse_weight: float = 0.0,
 ) -> tuple[Tensor, dict[str, float]]:
-    """L1 (+ LPIPS) + kl_weight * KL (KL summed over latent elements, averaged over the batch)."""
+    """L1 (+ mse_weight * MSE) (+ LPIPS) + kl_weight * KL (KL summed over latent elements, batch mean).
+
+    Why an MSE term: L1's gradient is the error's sign, so while the decoder cannot yet place a small object
+    it is pulled to the per-pixel median, the background, and objects fade out; MSE keeps pulling towards
+    them. On the shapes world L1 alone reached 19 dB after 300 steps on 8 fixed images, L1 + 10 MSE 27 dB.
+    """
     l1 = (rec - x).abs().mean()
     loss = l1 + kl_weight * kl.mean()
     logs = {"l1": l1.item(), "kl": kl.mean().item()}
+    if mse_weight > 0:
+        mse = (rec - x).pow(2).mean()
+        loss = loss + mse_weight * mse
+        logs["mse"] = mse.item()
     if lpips is not None and lpips_weight > 0:
         p = lpips(rec, x).mean()
         loss = loss + lpips_weight * p

@@ -5,6 +5,12 @@ per frame, so a video processed in temporal chunks gives exactly the whole-video
 keeps the part of its (padded) input that its next window still needs, the *tail*, in a `StreamState`
 that the caller passes in and gets back. Nothing is stored on the modules.
 
+Some options exist only to load the seeds' VAEs exactly, and break that: GroupNorm over time
+(`Norm(over_time=True)`) and trilinear time up-sampling (`Upsample(kind="spacetime_trilinear")`) for
+Open-Sora-Plan v1.2; zero time padding on both sides (`CausalConv3d(time_pad="centered_zeros")`), attention
+over all frames (`FrameAttention(span_time=True)`) and linear time up-sampling after the conv
+(`Upsample(kind="spacetime_conv_linear")`) for EasyAnimate's Slice VAE. All of them refuse a `StreamState`.
+
 Layout everywhere: (B, C, T, H, W).
 """
 
@@ -114,11 +120,21 @@ class Norm(nn.Module):
 # ----------------------------------------------------------------------------- causal temporal layers
 
 
+# how a CausalConv3d pads time
+TIME_PADDINGS = {
+    "causal": "k_t - 1 copies of the first frame on the past side, nothing on the future side (streamable)",
+    # EasyAnimate's CausalConv3d in its Slice-VAE modes (padding_flag 1/2): needed to load that VAE exactly;
+    # looks (k_t - 1) // 2 frames ahead, so it cannot stream
+    "centered_zeros": "(k_t - 1) // 2 zero frames on each side, a 'same' conv in time. Not streamable",
+}
+
+
 class CausalConv3d(nn.Module):
     """Conv3d, causal in time: the past side is padded by repeating the first frame, the future never seen.
 
     Streaming: concatenate the previous tail, run every full window, keep the unconsumed rest as the new
-    tail. This is exact for any chunk split and any temporal stride.
+    tail. This is exact for any chunk split and any temporal stride. (`time_pad="centered_zeros"` instead
+    pads both sides with zeros, as EasyAnimate's Slice VAE does; it is not causal and refuses a state.)
     """
 
     def __init__(
@@ -128,17 +144,24 @@ class CausalConv3d(nn.Module):
         kernel: int | tuple = 3,
         stride: int | tuple = 1,
         pad: tuple[int, ...] | None = None,
+        time_pad: str = "causal",
     ):
         super().__init__()
+        if time_pad not in TIME_PADDINGS:
+            kinds = ", ".join(TIME_PADDINGS)
+            raise ValueError(f"unknown time padding {time_pad!r} (expected one of {kinds})")
         k = (kernel,) * 3 if isinstance(kernel, int) else tuple(kernel)
         s = (stride,) * 3 if isinstance(stride, int) else tuple(stride)
         self.kt, self.st = k[0], s[0]
         spatial = (0, k[1] // 2, k[2] // 2) if pad is None else (0, 0, 0)
         self.conv = nn.Conv3d(cin, cout, k, s, padding=spatial)
         self.pad = pad  # explicit spatial (left, right, top, bottom) padding, e.g. (0, 1, 0, 1)
+        self.time_pad = time_pad
         self.key = ""
 
     def forward(self, x: Tensor, state: StreamState | None = None) -> Tensor:  # (B, C, T, H, W)
+        if self.time_pad == "centered_zeros":
+            return self._centered(x, state)
         prev = state.read(self.key) if state is not None else None
         if prev is None:  # start of the video: the past is the first frame, repeated
             x = torch.cat([x[:, :, :1].expand(-1, -1, self.kt - 1, -1, -1), x], dim=2)
@@ -156,6 +179,18 @@ class CausalConv3d(nn.Module):
             x = F.pad(x, self.pad)
         return self.conv(x)
 
+    def _centered(self, x: Tensor, state: StreamState | None) -> Tensor:
+        if state is not None:
+            raise ValueError(
+                "zero time padding on both sides (time_padding='centered_zeros') looks ahead and cannot be "
+                "streamed exactly"
+            )
+        p = (self.kt - 1) // 2
+        x = F.pad(x, (0, 0, 0, 0, p, p))  # zeros before and after the clip
+        if self.pad is not None:
+            x = F.pad(x, self.pad)
+        return self.conv(x)
+
 
 class TimeUpsample(nn.Module):
     """x2 in time, causally: the video's first frame stays one frame, every later frame becomes two.
@@ -168,8 +203,10 @@ class TimeUpsample(nn.Module):
         super().__init__()
         self.key = ""
 
-    def forward(self, x: Tensor, state: StreamState | None = None) -> Tensor:  # (B, C, T, H, W)
-        first = state is None or state.read(self.key) is None
+    def forward(
+        self, x: Tensor, state: StreamState | None = None, starts_video: bool = True
+    ) -> Tensor:  # (B, C, T, H, W); without a state, `starts_video` says whether x holds the first frame
+        first = starts_video if state is None else state.read(self.key) is None
         if state is not None:
             state.write(self.key, x.new_zeros(0))  # marker: the video has started
         x = x.repeat_interleave(2, dim=2)
@@ -179,12 +216,12 @@ class TimeUpsample(nn.Module):
 # ----------------------------------------------------------------------------- blocks
 
 
-def make_conv(kind: str, cin: int, cout: int, kernel: int = 3) -> nn.Module:
-    """ "2d": per-frame conv; "3d": causal conv."""
+def make_conv(kind: str, cin: int, cout: int, kernel: int = 3, time_pad: str = "causal") -> nn.Module:
+    """ "2d": per-frame conv; "3d": conv over time too, padded in time as `time_pad` says."""
     if kind == "2d":
         return FrameConv2d(cin, cout, kernel)
     if kind == "3d":
-        return CausalConv3d(cin, cout, kernel)
+        return CausalConv3d(cin, cout, kernel, time_pad=time_pad)
     raise ValueError(f"unknown conv kind {kind!r} (expected '2d' or '3d')")
 
 
@@ -192,15 +229,22 @@ class ResBlock(nn.Module):
     """norm -> SiLU -> conv -> norm -> SiLU -> dropout -> conv, plus a (1x1) shortcut."""
 
     def __init__(
-        self, cin: int, cout: int, kind: str, groups: int, dropout: float = 0.0, over_time: bool = False
+        self,
+        cin: int,
+        cout: int,
+        kind: str,
+        groups: int,
+        dropout: float = 0.0,
+        over_time: bool = False,
+        time_pad: str = "causal",
     ):
         super().__init__()
         self.norm1 = Norm(cin, groups, over_time)
-        self.conv1 = make_conv(kind, cin, cout)
+        self.conv1 = make_conv(kind, cin, cout, time_pad=time_pad)
         self.norm2 = Norm(cout, groups, over_time)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = make_conv(kind, cout, cout)
-        self.nin_shortcut = make_conv(kind, cin, cout, kernel=1) if cin != cout else None
+        self.conv2 = make_conv(kind, cout, cout, time_pad=time_pad)
+        self.nin_shortcut = make_conv(kind, cin, cout, kernel=1, time_pad=time_pad) if cin != cout else None
 
     def forward(self, x: Tensor, state: StreamState | None = None) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x, state)), state)
@@ -210,18 +254,25 @@ class ResBlock(nn.Module):
 
 
 class FrameAttention(nn.Module):
-    """Single-head self-attention over the pixels of each frame (never across frames)."""
+    """Single-head self-attention over the pixels of each frame (never across frames).
 
-    def __init__(self, channels: int, groups: int, over_time: bool = False):
+    `span_time=True` attends over all pixels of all frames of the clip at once, and normalises over them
+    (EasyAnimate's `Attention3D`, its "3d" mid attention): every frame sees the future, so it cannot stream.
+    """
+
+    def __init__(self, channels: int, groups: int, over_time: bool = False, span_time: bool = False):
         super().__init__()
-        self.norm = Norm(channels, groups, over_time)
+        self.norm = Norm(channels, groups, over_time or span_time)
         self.q = FrameConv2d(channels, channels, 1)
         self.k = FrameConv2d(channels, channels, 1)
         self.v = FrameConv2d(channels, channels, 1)
         self.proj_out = FrameConv2d(channels, channels, 1)
+        self.span_time = span_time
 
     def forward(self, x: Tensor, state: StreamState | None = None) -> Tensor:
         b, c, t, h, w = x.shape
+        if self.span_time:
+            return self._over_clip(x, state)
         y = self.norm(x, state)
 
         def tokens(z: Tensor) -> Tensor:  # (B, C, T, H, W) -> (B*T, 1, H*W, C)
@@ -231,36 +282,118 @@ class FrameAttention(nn.Module):
         o = o.squeeze(1).transpose(1, 2).reshape(b * t, c, h, w)  # (B*T, C, H, W)
         return x + self.proj_out(from_frames(o, b))
 
+    def _over_clip(self, x: Tensor, state: StreamState | None) -> Tensor:
+        if state is not None:
+            raise ValueError(
+                "attention over all frames (mid_attention_over_time=True) sees the future and cannot be "
+                "streamed exactly"
+            )
+        y = self.norm(x)
+
+        def tokens(z: Tensor) -> Tensor:  # (B, C, T, H, W) -> (B, 1, T*H*W, C)
+            return z.flatten(2).transpose(1, 2).unsqueeze(1)
+
+        o = F.scaled_dot_product_attention(tokens(self.q(y)), tokens(self.k(y)), tokens(self.v(y)))
+        return x + self.proj_out(o.squeeze(1).transpose(1, 2).reshape(x.shape))
+
+
+# x2 down-sampler kinds (each conv pads right and bottom by one pixel)
+DOWNSAMPLE_KINDS = {
+    "spatial": "x2 in space: a per-frame 3x3 conv, stride 2",
+    "spacetime": "x2 in space and time: a 3x3x3 conv over time, stride (2, 2, 2)",
+    # EasyAnimate's SpatialDownsampler3D: its space-only down-sampler still mixes 3 frames
+    "spatial_3d": "x2 in space: a 3x3x3 conv over time, stride (1, 2, 2)",
+}
+
 
 class Downsample(nn.Module):
-    """x2 down in space ("spatial", per frame) or in space and time ("spacetime", causal, stride 2,2,2)."""
+    """x2 down in space or in space and time: see `DOWNSAMPLE_KINDS`. Time padding: `CausalConv3d`."""
 
-    def __init__(self, channels: int, kind: str):
+    def __init__(self, channels: int, kind: str, time_pad: str = "causal"):
         super().__init__()
         if kind == "spatial":
             self.conv = FrameConv2d(channels, channels, 3, stride=2, pad=(0, 1, 0, 1))
-        elif kind == "spacetime":
-            self.conv = CausalConv3d(channels, channels, 3, stride=2, pad=(0, 1, 0, 1))
+        elif kind in ("spacetime", "spatial_3d"):
+            stride = 2 if kind == "spacetime" else (1, 2, 2)
+            self.conv = CausalConv3d(channels, channels, 3, stride, pad=(0, 1, 0, 1), time_pad=time_pad)
         else:
-            raise ValueError(f"unknown downsample {kind!r}")
+            raise ValueError(f"unknown downsample {kind!r} (expected one of {', '.join(DOWNSAMPLE_KINDS)})")
 
     def forward(self, x: Tensor, state: StreamState | None = None) -> Tensor:
         return self.conv(x, state)
+
+
+# x2 up-sampler kinds: how the time axis and the pixels are interpolated around the conv
+UPSAMPLE_KINDS = {
+    "spatial": "x2 in space (nearest), then a per-frame 3x3 conv",
+    "spacetime": "x2 in space (nearest) and causally in time (TimeUpsample), then a causal 3x3x3 conv",
+    # Open-Sora-Plan v1.2's Spatial2xTime2x3DUpsample: needed to load its decoders exactly; looks one
+    # frame ahead in time, so it cannot stream
+    "spacetime_trilinear": "frame 0: x2 bilinear in space; frames 1..: x2 trilinear in space and time "
+    "(half-pixel centres, edge-clamped); then a causal 3x3x3 conv. Not streamable",
+    # EasyAnimate's SpatialUpsampler3D: its space-only up-sampler's conv still mixes 3 frames
+    "spatial_3d": "x2 in space (nearest), then a 3x3x3 conv over time",
+    # EasyAnimate's SpatialTemporalUpsampler3D: it doubles time *after* its conv, by interpolation that
+    # looks one frame ahead, so it cannot stream
+    "spacetime_conv_linear": "x2 in space (nearest), a 3x3x3 conv over time, then x2 in time by linear "
+    "interpolation (half-pixel centres, edge-clamped; the video's first frame stays one). Not streamable",
+}
+TIME_UPSAMPLE_KINDS = ("spacetime", "spacetime_trilinear", "spacetime_conv_linear")
+
+
+def first_frame_trilinear_up(x: Tensor, starts_video: bool = True) -> Tensor:
+    """(B, C, T, H, W) -> (B, C, 2T-1, 2H, 2W): the first frame x2 in space only, the others x2 trilinear.
+
+    A clip that does not start the video has no such first frame: all of it goes x2 trilinear (2T frames).
+    """
+    if not starts_video:
+        return F.interpolate(x, scale_factor=(2, 2, 2), mode="trilinear")
+    first = F.interpolate(x[:, :, :1], scale_factor=(1, 2, 2), mode="trilinear")
+    if x.shape[2] == 1:
+        return first
+    rest = F.interpolate(x[:, :, 1:], scale_factor=(2, 2, 2), mode="trilinear")
+    return torch.cat([first, rest], dim=2)
+
+
+def first_frame_linear_time_up(x: Tensor, starts_video: bool = True) -> Tensor:
+    """(B, C, T, H, W) -> (B, C, 2T-1, H, W): the first frame kept, the others x2 in time by linear
+    interpolation among themselves; a clip that does not start the video goes x2 as a whole (2T frames)."""
+    if not starts_video:
+        return F.interpolate(x, scale_factor=(2, 1, 1), mode="trilinear")
+    if x.shape[2] == 1:
+        return x
+    rest = F.interpolate(x[:, :, 1:], scale_factor=(2, 1, 1), mode="trilinear")
+    return torch.cat([x[:, :, :1], rest], dim=2)
 
 
 class Upsample(nn.Module):
-    """x2 up in space (nearest, per frame) or in space and causally in time, then a conv."""
+    """x2 up in space, or in space and time, around a conv: see `UPSAMPLE_KINDS`.
 
-    def __init__(self, channels: int, kind: str):
+    Without a `StreamState`, `starts_video` says whether the clip holds the video's first frame (which every
+    time up-sampler keeps as one frame); with one, the state knows.
+    """
+
+    def __init__(self, channels: int, kind: str, time_pad: str = "causal"):
         super().__init__()
-        if kind not in ("spatial", "spacetime"):
-            raise ValueError(f"unknown upsample {kind!r}")
+        if kind not in UPSAMPLE_KINDS:
+            raise ValueError(f"unknown upsample {kind!r} (expected one of {', '.join(UPSAMPLE_KINDS)})")
+        self.kind = kind
         self.time = TimeUpsample() if kind == "spacetime" else None
-        self.conv = make_conv("3d" if kind == "spacetime" else "2d", channels, channels)
+        self.conv = make_conv("2d" if kind == "spatial" else "3d", channels, channels, time_pad=time_pad)
 
-    def forward(self, x: Tensor, state: StreamState | None = None) -> Tensor:
+    def forward(self, x: Tensor, state: StreamState | None = None, starts_video: bool = True) -> Tensor:
+        if self.kind in ("spacetime_trilinear", "spacetime_conv_linear") and state is not None:
+            raise ValueError(
+                f"time up-sampling by interpolation (up={self.kind!r}) looks one frame ahead and "
+                "cannot be streamed exactly"
+            )
+        if self.kind == "spacetime_trilinear":
+            return self.conv(first_frame_trilinear_up(x, starts_video), state)
         b = x.shape[0]
         x = from_frames(F.interpolate(to_frames(x), scale_factor=2.0, mode="nearest"), b)
         if self.time is not None:
-            x = self.time(x, state)
-        return self.conv(x, state)
+            x = self.time(x, state, starts_video)
+        x = self.conv(x, state)
+        if self.kind == "spacetime_conv_linear":
+            x = first_frame_linear_time_up(x, starts_video)
+        return x

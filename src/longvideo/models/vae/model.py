@@ -6,10 +6,17 @@ Structure follows Open-Sora-Plan v1.2's CausalVideoVAE (levels of ResNet blocks,
 never mix frames, and temporal up-sampling is causal (`TimeUpsample`). Both are config switches, so the
 seeds' own layouts stay expressible (`norm_over_time=True` is OSP's GroupNorm; it refuses to stream).
 
-Streaming subsumes EasyAnimate's Slice VAE: its decoder "feature sharing" concatenates neighbouring latent
-chunks so that each slice's convolutions see context; here every causal conv carries the exact context it
-needs (its input tail) from the previous chunk in a `StreamState`, so slices join seamlessly, with only past
-context, at the cost of a few frames of features per layer.
+Streaming replaces EasyAnimate's Slice VAE for our own VAEs. The Slice VAE encodes mini-batches of frames
+independently (an odd clip's frame 0 alone, then 8 at a time) and decodes mini-batches of latent frames
+(2 at a time, the same way); its decoder "feature sharing" runs conv_in and the mid block (with its
+attention) on a mini-batch together with the previous and the next one, then crops back, but the
+up-sampling path sees only its own mini-batch, zero-padded in time at both ends, and its norms and
+attention take statistics per mini-batch. So its slices join approximately, look ahead, and depend on the
+mini-batch sizes. Here every causal conv carries the exact context it needs (its input tail) from the
+previous chunk in a `StreamState`, so chunks join exactly (the result is the whole-clip result) with only
+past context, at the cost of a few frames of features per layer. The Slice VAE stays expressible, to load
+EasyAnimate's weights: `slice_encode`, `slice_decode`, `slice_feature_sharing` (see `slicing.py`) with
+`time_padding="centered_zeros"`; it refuses a `StreamState`.
 """
 
 from __future__ import annotations
@@ -23,6 +30,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longvideo.models.vae.layers import (
+    DOWNSAMPLE_KINDS,
+    TIME_PADDINGS,
+    TIME_UPSAMPLE_KINDS,
+    UPSAMPLE_KINDS,
     CausalConv3d,
     Downsample,
     FrameAttention,
@@ -33,6 +44,7 @@ from longvideo.models.vae.layers import (
     assign_stream_keys,
     make_conv,
 )
+from longvideo.models.vae.slicing import decode_slices, encode_slices
 
 
 @dataclass
@@ -47,11 +59,30 @@ class VAEConfig:
     decoder_blocks: list[str] = field(default_factory=lambda: ["3d", "3d", "3d", "3d"])
     down: list[str] = field(
         default_factory=lambda: ["spatial", "spacetime", "spacetime", ""]
-    )  # after level i
-    up: list[str] = field(default_factory=lambda: ["", "spatial", "spacetime", "spacetime"])  # after level i
+    )  # after level i; kinds in layers.DOWNSAMPLE_KINDS
+    # after level i; kinds in layers.UPSAMPLE_KINDS ("spacetime_trilinear": OSP v1.2, not streamable)
+    up: list[str] = field(default_factory=lambda: ["", "spatial", "spacetime", "spacetime"])
     mid_attention: bool = True
+    # EasyAnimate's "3d" mid attention (Attention3D): one attention over all pixels of all frames, its
+    # GroupNorm over them too (not streamable); False attends within each frame
+    mid_attention_over_time: bool = False
     norm_groups: int = 32
     norm_over_time: bool = False  # OSP v1.2: GroupNorm statistics over all frames (not streamable)
+    # with norm_over_time, False keeps the "2d" ResBlocks' norms per frame: OSP's ResnetBlock2D runs frame
+    # by frame (its GroupNorm sees one frame), only its 3D blocks, mid attention and norm_out span time
+    norm_over_time_in_2d_blocks: bool = True
+    # layers.TIME_PADDINGS: "causal" (replicate the first frame, streamable) or "centered_zeros"
+    # (EasyAnimate's CausalConv3d in its Slice-VAE mode pads time with zeros on both sides; not streamable)
+    time_padding: str = "causal"
+    # Slice mode (EasyAnimate's Slice VAE: bounded memory without a streaming state; not streamable, and not
+    # equal to whole-clip processing): encode in mini-batches of this many frames and decode in mini-batches
+    # of this many latent frames, each independently, after a lone first frame when the clip length is odd
+    # (0: whole clip); see slicing.py
+    slice_encode: int = 0
+    slice_decode: int = 0
+    # with slice_decode: conv_in + mid block of a mini-batch also see the previous and next ones (then crop):
+    # EasyAnimate's decoder "feature sharing"
+    slice_feature_sharing: bool = False
     dropout: float = 0.0
     scaling_factor: float = 1.0  # latents for the DiT: (z - shift) * scale
     shift_factor: float = 0.0
@@ -61,12 +92,30 @@ class VAEConfig:
         for name in ("encoder_blocks", "decoder_blocks", "down", "up"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"{name} needs one entry per level ({n})")
-        if self.down.count("spacetime") != self.up.count("spacetime"):
+        bad = [u for u in self.up if u and u not in UPSAMPLE_KINDS]
+        if bad:
+            raise ValueError(f"unknown up kind(s) {bad} (expected '' or one of {', '.join(UPSAMPLE_KINDS)})")
+        bad = [d for d in self.down if d and d not in DOWNSAMPLE_KINDS]
+        if bad:
+            kinds = ", ".join(DOWNSAMPLE_KINDS)
+            raise ValueError(f"unknown down kind(s) {bad} (expected '' or one of {kinds})")
+        if self.down.count("spacetime") != sum(u in TIME_UPSAMPLE_KINDS for u in self.up):
             raise ValueError("as many space-time down- as up-samplers")
+        if self.time_padding not in TIME_PADDINGS:
+            kinds = ", ".join(TIME_PADDINGS)
+            raise ValueError(f"unknown time_padding {self.time_padding!r} (expected one of {kinds})")
+        if self.slice_encode < 0 or self.slice_decode < 0:
+            raise ValueError("slice_encode / slice_decode are mini-batch sizes (0: whole clip)")
+        if self.slice_feature_sharing and not self.slice_decode:
+            raise ValueError("slice_feature_sharing needs slice_decode (the decoder's mini-batch size)")
         for c in (self.base_channels * m for m in self.channel_mult):
             if c % self.norm_groups:
                 raise ValueError(f"channels {c} not divisible by norm_groups {self.norm_groups}")
         return self
+
+    def block_norm_over_time(self, kind: str) -> bool:
+        """Whether a ResBlock of this kind ("2d"/"3d") normalises over time."""
+        return self.norm_over_time and (kind != "2d" or self.norm_over_time_in_2d_blocks)
 
     @property
     def temporal_factor(self) -> int:
@@ -90,10 +139,10 @@ class _Level(nn.Module):
 class _Mid(nn.Module):
     def __init__(self, ch: int, cfg: VAEConfig):
         super().__init__()
-        g, t = cfg.norm_groups, cfg.norm_over_time
-        self.block_1 = ResBlock(ch, ch, "3d", g, cfg.dropout, t)
-        self.attn_1 = FrameAttention(ch, g, t) if cfg.mid_attention else None
-        self.block_2 = ResBlock(ch, ch, "3d", g, cfg.dropout, t)
+        g, t, p = cfg.norm_groups, cfg.norm_over_time, cfg.time_padding
+        self.block_1 = ResBlock(ch, ch, "3d", g, cfg.dropout, cfg.block_norm_over_time("3d"), p)
+        self.attn_1 = FrameAttention(ch, g, t, cfg.mid_attention_over_time) if cfg.mid_attention else None
+        self.block_2 = ResBlock(ch, ch, "3d", g, cfg.dropout, cfg.block_norm_over_time("3d"), p)
 
     def forward(self, x: Tensor, state: StreamState | None) -> Tensor:
         x = self.block_1(x, state)
@@ -108,19 +157,20 @@ class Encoder(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
         chs = [cfg.base_channels * m for m in cfg.channel_mult]
-        g, t = cfg.norm_groups, cfg.norm_over_time
-        self.conv_in = make_conv(cfg.encoder_conv_in, cfg.in_channels, chs[0])
+        g, t, p = cfg.norm_groups, cfg.norm_over_time, cfg.time_padding
+        self.conv_in = make_conv(cfg.encoder_conv_in, cfg.in_channels, chs[0], time_pad=p)
         levels, cin = [], chs[0]
         for i, cout in enumerate(chs):
             blocks = []
             for _ in range(cfg.num_res_blocks):
-                blocks.append(ResBlock(cin, cout, cfg.encoder_blocks[i], g, cfg.dropout, t))
+                kind = cfg.encoder_blocks[i]
+                blocks.append(ResBlock(cin, cout, kind, g, cfg.dropout, cfg.block_norm_over_time(kind), p))
                 cin = cout
-            levels.append(_Level(blocks, Downsample(cout, cfg.down[i]) if cfg.down[i] else None))
+            levels.append(_Level(blocks, Downsample(cout, cfg.down[i], p) if cfg.down[i] else None))
         self.down = nn.ModuleList(levels)
         self.mid = _Mid(cin, cfg)
         self.norm_out = Norm(cin, g, t)
-        self.conv_out = CausalConv3d(cin, 2 * cfg.latent_channels, 3)
+        self.conv_out = CausalConv3d(cin, 2 * cfg.latent_channels, 3, time_pad=p)
 
     def forward(self, x: Tensor, state: StreamState | None = None) -> Tensor:
         h = self.conv_in(x, state)
@@ -139,28 +189,37 @@ class Decoder(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
         chs = [cfg.base_channels * m for m in cfg.channel_mult]
-        g, t = cfg.norm_groups, cfg.norm_over_time
+        g, t, p = cfg.norm_groups, cfg.norm_over_time, cfg.time_padding
         cin = chs[-1]
-        self.conv_in = CausalConv3d(cfg.latent_channels, cin, 3)
+        self.conv_in = CausalConv3d(cfg.latent_channels, cin, 3, time_pad=p)
         self.mid = _Mid(cin, cfg)
         levels: list[_Level] = [None] * len(chs)  # type: ignore[list-item]
         for i in reversed(range(len(chs))):  # deepest level first, stored at its index (OSP's `up.{i}`)
             blocks = []
             for _ in range(cfg.num_res_blocks + 1):
-                blocks.append(ResBlock(cin, chs[i], cfg.decoder_blocks[i], g, cfg.dropout, t))
+                kind = cfg.decoder_blocks[i]
+                blocks.append(ResBlock(cin, chs[i], kind, g, cfg.dropout, cfg.block_norm_over_time(kind), p))
                 cin = chs[i]
-            levels[i] = _Level(blocks, Upsample(cin, cfg.up[i]) if cfg.up[i] else None)
+            levels[i] = _Level(blocks, Upsample(cin, cfg.up[i], p) if cfg.up[i] else None)
         self.up = nn.ModuleList(levels)
         self.norm_out = Norm(cin, g, t)
-        self.conv_out = CausalConv3d(cin, cfg.in_channels, 3)
+        self.conv_out = CausalConv3d(cin, cfg.in_channels, 3, time_pad=p)
 
-    def forward(self, z: Tensor, state: StreamState | None = None) -> Tensor:
-        h = self.mid(self.conv_in(z, state), state)
+    def forward(self, z: Tensor, state: StreamState | None = None, starts_video: bool = True) -> Tensor:
+        """`starts_video` (without a state): whether z's first latent frame is the video's first."""
+        return self.upsample(self.latent_features(z, state), state, starts_video)
+
+    def latent_features(self, z: Tensor, state: StreamState | None = None) -> Tensor:
+        """conv_in and the mid block: the features at the latent frame rate."""
+        return self.mid(self.conv_in(z, state), state)
+
+    def upsample(self, h: Tensor, state: StreamState | None = None, starts_video: bool = True) -> Tensor:
+        """The levels from the deepest up, then the output head: latent features -> frames."""
         for level in reversed(self.up):
             for block in level.block:
                 h = block(h, state)
             if level.resample is not None:
-                h = level.resample(h, state)
+                h = level.resample(h, state, starts_video)
         return self.conv_out(F.silu(self.norm_out(h, state)), state)
 
 
@@ -217,7 +276,14 @@ class CausalVAE(nn.Module):
     def encode_chunk(
         self, x: Tensor, state: StreamState | None
     ) -> tuple[DiagonalGaussian, StreamState | None]:
-        """One temporal chunk. The first chunk has 1 + f*m frames, later ones f*m (f = temporal factor)."""
+        """One temporal chunk. The first chunk has 1 + f*m frames, later ones f*m (f = temporal factor).
+
+        In slice mode (`slice_encode`) the whole clip, in independent mini-batches; no state allowed.
+        """
+        if self.cfg.slice_encode:
+            self._refuse_state(state, "slice_encode")
+            moments = self.quant_conv(encode_slices(self.encoder, x, self.cfg.slice_encode))
+            return DiagonalGaussian(moments), None
         f = self.cfg.temporal_factor
         first = state is None or not state.started
         if (x.shape[2] - first) % f:
@@ -230,10 +296,25 @@ class CausalVAE(nn.Module):
         return DiagonalGaussian(moments), (None if s is None else s.advance())
 
     def decode_chunk(self, z: Tensor, state: StreamState | None) -> tuple[Tensor, StreamState | None]:
-        """One chunk of latent frames -> its video frames (the first latent frame gives 1 frame, others f)."""
+        """One chunk of latent frames -> its video frames (the first latent frame gives 1 frame, others f).
+
+        In slice mode (`slice_decode`) the whole clip, in independent mini-batches; no state allowed.
+        """
+        if self.cfg.slice_decode:
+            self._refuse_state(state, "slice_decode")
+            z = self.post_quant_conv(z)
+            return decode_slices(self.decoder, z, self.cfg.slice_decode, self.cfg.slice_feature_sharing), None
         s = None if state is None else state.fork()
         x = self.decoder(self.post_quant_conv(z, s), s)
         return x, (None if s is None else s.advance())
+
+    @staticmethod
+    def _refuse_state(state: StreamState | None, switch: str) -> None:
+        if state is not None:
+            raise ValueError(
+                f"slice mode ({switch}) processes mini-batches independently (they see the clip's future "
+                "and not each other's past): it cannot be streamed exactly; encode/decode whole clips"
+            )
 
     def encode_stream(self, chunks: Iterable[Tensor]) -> Iterator[DiagonalGaussian]:
         """Posterior per chunk of frames (see `encode_chunk` for chunk lengths); constant memory."""
@@ -271,11 +352,15 @@ PRESETS: dict[str, VAEConfig] = {
         norm_groups=4,
         encoder_blocks=["2d", "3d", "3d", "3d"],
     ),
-    # Open-Sora-Plan v1.2 CausalVideoVAE layout (its GroupNorm spans time; its upsampler differs, see #8)
+    # Open-Sora-Plan v1.2 CausalVideoVAE, exactly (checked against its own code by convert/osp_vae.py's
+    # fixture test): GroupNorm over time outside its 2D blocks, look-ahead trilinear up-sampling, so it
+    # does not stream; our own VAEs do.
     "osp-v1.2": VAEConfig(
         encoder_conv_in="2d",
         encoder_blocks=["2d", "2d", "3d", "3d"],
+        up=["", "spatial", "spacetime_trilinear", "spacetime_trilinear"],
         norm_over_time=True,
+        norm_over_time_in_2d_blocks=False,
         scaling_factor=0.18215,
     ),
     "default": VAEConfig(),

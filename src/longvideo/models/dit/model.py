@@ -1,0 +1,220 @@
+"""`VideoDiT`: the video denoiser. One transformer, three block families (config.py), images and videos of
+any size the patch grid allows, text conditioning, and image-to-video / continuation conditioning through
+extra input channels.
+
+    model = build_dit("tiny-full3d", device="cpu")
+    out = model(x, t, text, text_mask)          # x (B, C, T, H, W) -> (B, out_channels, T, H, W)
+
+Conditioning: `cond` (B, cond_channels, T, H, W) is concatenated after the noisy latents, e.g.
+[masked-video latents | mask] where the mask channel marks the known frames (any set: the first frame, the
+tail of the previous chunk, keyframes). Those channels' patch-embedding weights start at zero, so a model
+inflated from a T2V checkpoint computes the same function until it learns to use them; cond=None is
+all-zero, plain T2V.
+
+All attention runs through `AttentionOp` modules whose `attention_fn` (default: torch SDPA) can be
+swapped from outside (`set_attention_fn`), e.g. by sequence parallelism or a flash kernel.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from longvideo.models.dit.blocks import BlockInputs, PixArtBlock
+from longvideo.models.dit.config import DiTConfig, dit_preset
+from longvideo.models.dit.layers import (
+    AdaLNSingle,
+    AdaLNZero,
+    AttentionFn,
+    AttentionOp,
+    MLPEmbedder,
+    PatchEmbed,
+    TimeTextEmbed,
+    abs_pos_embed,
+    layer_norm,
+    modulate,
+)
+from longvideo.models.dit.parallel import ParallelBlock
+from longvideo.models.dit.rope import Rope, rope_1d, rope_3d
+
+
+class VideoDiT(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.cfg = cfg.validate()
+        d = cfg.dim
+        self.pos_embed = PatchEmbed(cfg.in_channels + cfg.cond_channels, d, cfg.patch_size)
+        # timestep (+ pooled text) -> temb (B, D); adaLN-single also makes the shared (B, 6D) modulation
+        single = cfg.adaln == "single"
+        self.adaln_single = AdaLNSingle(d, cfg.freq_dim) if single else None
+        self.time_text_embed = None if single else TimeTextEmbed(d, cfg.freq_dim, cfg.pooled_dim)
+        mlp = cfg.caption_proj == "mlp"
+        self.caption_projection = MLPEmbedder(cfg.text_dim, d, "gelu_tanh") if mlp else None
+        self.context_embedder = None if mlp else nn.Linear(cfg.text_dim, d)
+        n = cfg.num_layers
+        if cfg.family == "parallel":
+            blocks = [ParallelBlock(cfg, last=i == n - 1) for i in range(n)]
+        else:
+            blocks = [PixArtBlock(cfg, i) for i in range(n)]
+        self.transformer_blocks = nn.ModuleList(blocks)
+        self.long_connect_fc = nn.ModuleList([nn.Linear(d, d) for _ in range(cfg.uvit_skips)])
+        # final layer: adaLN (shift, scale) -> Linear to the patch's output values
+        self.scale_shift_table = nn.Parameter(torch.empty(2, d)) if single else None
+        self.norm_out = None if single else AdaLNZero(d, 2)
+        self.proj_out = nn.Linear(d, math.prod(cfg.patch_size) * cfg.out_channels)
+        self.init_weights()
+
+    # ------------------------------------------------------------------------- init
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """PixArt's init (xavier Linears, N(0, 0.02) embedding MLPs, zero cross-attention output and final
+        layer) plus zero for every branch added on top of an image model: motion modules, U-ViT skips,
+        parallel temporal / cross outputs, conditioning channels. adaLN-zero starts every gate at zero.
+        On the meta device there is nothing to initialise (weights get loaded with assign=True)."""
+        if self.proj_out.weight.is_meta:
+            return
+        for name, p in self.named_parameters():
+            if name.rsplit(".", 1)[-1].startswith("scale_shift_table"):
+                nn.init.normal_(p, std=p.shape[-1] ** -0.5)  # PixArt: randn(n, D) / sqrt(D)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        w = self.pos_embed.proj.weight  # (D, C + cond, pt, ph, pw), initialised like a Linear of the patch
+        c = self.cfg.in_channels
+        w[:, :c] = nn.init.xavier_uniform_(torch.empty_like(w[:, :c]).flatten(1)).view_as(w[:, :c])
+        w[:, c:] = 0
+        nn.init.zeros_(self.pos_embed.proj.bias)
+        embedders = [self.adaln_single, self.time_text_embed, self.caption_projection]
+        for e in (e for e in embedders if e is not None):
+            for m in e.modules():
+                if isinstance(m, nn.Linear):
+                    nn.init.normal_(m.weight, std=0.02)
+        zero: list[nn.Module | None] = [self.proj_out, *self.long_connect_fc]
+        for blk in self.transformer_blocks:
+            if isinstance(blk, PixArtBlock):
+                zero.append(blk.attn2.to_out[0])
+                if blk.attn_temporal is not None:
+                    zero.append(blk.attn_temporal.proj_out)
+            else:
+                a = blk.attn
+                zero += [a.to_out_temporal, a.to_out_context, a.to_add_out_temporal]
+        zero += [m for m in self.modules() if isinstance(m, AdaLNZero)]
+        for m in (m for m in zero if m is not None):
+            for p in m.parameters():
+                nn.init.zeros_(p)
+
+    # ------------------------------------------------------------------------- attention
+
+    def attention_ops(self, kinds: Iterable[str] | None = None) -> list[AttentionOp]:
+        ops = [m for m in self.modules() if isinstance(m, AttentionOp)]
+        return ops if kinds is None else [op for op in ops if op.kind in set(kinds)]
+
+    def set_attention_fn(self, fn: AttentionFn, kinds: Iterable[str] | None = None) -> None:
+        """Route every attention (or those of the given kinds, see AttentionOp) through `fn`."""
+        for op in self.attention_ops(kinds):
+            op.attention_fn = fn
+
+    # ------------------------------------------------------------------------- forward
+
+    def forward(
+        self,
+        x: Tensor,
+        t: Tensor,
+        text: Tensor,
+        text_mask: Tensor | None = None,
+        cond: Tensor | None = None,
+        pooled: Tensor | None = None,
+    ) -> Tensor:
+        """x (B, C, T, H, W) noisy latents; t (B,) float model timesteps; text (B, L, text_dim) encoder
+        states; text_mask (B, L), 1 = keep; cond (B, cond_channels, T, H, W) or None (= zeros);
+        pooled (B, pooled_dim) for pooled_dim > 0. Returns (B, out_channels, T, H, W)."""
+        cfg = self.cfg
+        b = x.shape[0]
+        if x.ndim != 5 or x.shape[1] != cfg.in_channels:
+            raise ValueError(f"x must be (B, {cfg.in_channels}, T, H, W), got {tuple(x.shape)}")
+        if cfg.cond_channels:
+            if cond is None:
+                cond = x.new_zeros(b, cfg.cond_channels, *x.shape[2:])
+            x = torch.cat([x, cond.to(x.dtype)], dim=1)
+        elif cond is not None:
+            raise ValueError("this model has no conditioning channels (cond_channels=0)")
+
+        h, grid = self.pos_embed(x)  # (B, T*H*W, D) in patches
+        if cfg.abs_pos_embed != "none":
+            pe = abs_pos_embed(
+                cfg.abs_pos_embed, cfg.dim, grid[1], grid[2],
+                cfg.pos_embed_base, cfg.pos_embed_interp, cfg.pos_embed_max, x.device,
+            )  # fmt: skip
+            h = h + pe.to(h.dtype).repeat(grid[0], 1)  # the same table on every frame
+
+        t = t.expand(b) if t.ndim == 0 else t
+        if self.adaln_single is not None:
+            temb, t6 = self.adaln_single(t)
+        else:
+            temb, t6 = self.time_text_embed(t, pooled), None
+        temb, t6 = temb.to(h.dtype), None if t6 is None else t6.to(h.dtype)
+
+        proj = self.caption_projection if self.caption_projection is not None else self.context_embedder
+        text = proj(text.to(h.dtype))  # (B, L, D)
+        if cfg.text_stream:  # one copy of the text per frame: (B, T*L, D)
+            text = text[:, None].expand(-1, grid[0], -1, -1).flatten(1, 2)
+        c = BlockInputs(grid, temb, t6, self._text_mask(text_mask), self._rope(grid, x.device))
+
+        skips, n, first_pop = [], cfg.uvit_skips, cfg.num_layers - cfg.uvit_skips
+        for i, block in enumerate(self.transformer_blocks):
+            if i >= first_pop:  # U-ViT: block L-1-j receives block j's output
+                h = h + self.long_connect_fc[i - first_pop](skips.pop())
+            h, text = block(h, text, c)
+            if i < n:
+                skips.append(h)
+
+        if self.norm_out is not None:
+            shift, scale = self.norm_out(temb).unbind(1)
+        else:
+            shift, scale = (self.scale_shift_table[None] + temb[:, None]).unbind(1)
+        h = modulate(layer_norm(h, cfg.norm_eps), shift[:, None], scale[:, None])
+        return self.unpatchify(self.proj_out(h), grid)
+
+    def unpatchify(self, h: Tensor, grid: tuple[int, int, int]) -> Tensor:
+        """(B, T*H*W, pt*ph*pw*C) patches, values ordered (pt, ph, pw, C) -> (B, C, T*pt, H*ph, W*pw)."""
+        (pt, ph, pw), (t, hh, ww), c = self.cfg.patch_size, grid, self.cfg.out_channels
+        h = h.reshape(h.shape[0], t, hh, ww, pt, ph, pw, c).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return h.reshape(h.shape[0], c, t * pt, hh * ph, ww * pw)
+
+    @staticmethod
+    def _text_mask(text_mask: Tensor | None) -> Tensor | None:
+        """(B, L) 1 = keep -> (B, 1, 1, L) bool. A prompt with no kept token attends to all of them, as the
+        seeds' -10000 bias does, rather than to nothing (which SDPA backends answer differently)."""
+        if text_mask is None:
+            return None
+        keep = text_mask.bool()
+        keep = keep | ~keep.any(dim=-1, keepdim=True)
+        return keep[:, None, None, :]
+
+    def _rope(self, grid: tuple[int, int, int], device: torch.device) -> Rope | None:
+        cfg = self.cfg
+        if cfg.family == "full3d":
+            return rope_3d(grid, cfg.head_dim, cfg.rope_theta, cfg.rope_scale, device=device)
+        if cfg.family == "parallel":
+            theta, scale = cfg.temporal_rope_theta, cfg.temporal_rope_scale
+            return rope_1d(grid[0], cfg.head_dim, theta, scale, device=device)
+        return None
+
+
+def build_dit(preset_or_cfg: str | DiTConfig, device: torch.device | str = "meta") -> VideoDiT:
+    """A VideoDiT from a preset name or a config, built on `device` (meta: no memory, for loading with
+    `load_state_dict(assign=True)` or counting parameters)."""
+    cfg = dit_preset(preset_or_cfg) if isinstance(preset_or_cfg, str) else copy.deepcopy(preset_or_cfg)
+    with torch.device(device):
+        return VideoDiT(cfg)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,80 @@
+"""The motion module of the `motion` family (EasyAnimate `attn_temporal`, after AnimateDiff).
+
+Per block: GroupNorm per frame -> proj_in -> layers of [LayerNorm -> self-attention]* + GEGLU feed-forward
+-> proj_out, added to the input. proj_out starts at zero, so a freshly inflated image model is unchanged.
+
+Each attention first adds a sinusoidal frame-position embedding (computed for any number of frames), then
+attends either
+- "temporal": across frames at each spatial position, or with `motion_grid` n > 1 across frames *and* an
+  n x n patch neighbourhood (EasyAnimate v1 "VanillaGrid"): tokens b t (h n) (w m) c -> (b h w) (t n m) c;
+- "global": over all t*h*w tokens (EasyAnimate v3, odd blocks).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from longvideo.models.dit.config import DiTConfig
+from longvideo.models.dit.layers import Attention, FeedForward, sinusoid_table
+
+
+class MotionAttention(Attention):
+    def __init__(self, dim: int, heads: int, kind: str, grid: int):
+        # AnimateDiff's q/k/v have no bias; "temporal" / "global" is also the AttentionOp kind
+        super().__init__(dim, heads, dim // heads, kind, qkv_bias=False)
+        self.kind = kind
+        self.grid = grid
+
+    def forward(self, h: Tensor) -> Tensor:  # type: ignore[override]
+        """h (B, T, H, W, D) normalised tokens -> attention output, same shape."""
+        b, t, hh, ww, d = h.shape
+        h = h + sinusoid_table(t, d, h.device).to(h.dtype)[None, :, None, None]  # position of the frame
+        if self.kind == "global":
+            return super().forward(h.reshape(b, t * hh * ww, d)).reshape(h.shape)
+        n = self.grid
+        if hh % n or ww % n:
+            raise ValueError(f"motion_grid {n} needs a patch grid divisible by {n}, got {hh}x{ww}")
+        # b t (h n) (w m) d -> (b h w) (t n m) d
+        seq = h.reshape(b, t, hh // n, n, ww // n, n, d).permute(0, 2, 4, 1, 3, 5, 6)
+        out = super().forward(seq.reshape(-1, t * n * n, d))
+        out = out.reshape(b, hh // n, ww // n, t, n, n, d).permute(0, 3, 1, 4, 2, 5, 6)
+        return out.reshape(b, t, hh, ww, d)
+
+
+class MotionLayer(nn.Module):
+    """EasyAnimate's motion `TemporalTransformerBlock`: pre-norm attentions, then a GEGLU feed-forward."""
+
+    def __init__(self, dim: int, heads: int, kinds: list[str], grid: int):
+        super().__init__()
+        self.attention_blocks = nn.ModuleList([MotionAttention(dim, heads, k, grid) for k in kinds])
+        # AnimateDiff norms: affine LayerNorms with torch's default eps
+        self.norms = nn.ModuleList([nn.LayerNorm(dim) for _ in kinds])
+        self.ff = FeedForward(dim, 4, gated=True)
+        self.ff_norm = nn.LayerNorm(dim)
+
+    def forward(self, h: Tensor) -> Tensor:  # (B, T, H, W, D)
+        for attn, norm in zip(self.attention_blocks, self.norms, strict=True):
+            h = h + attn(norm(h))
+        return h + self.ff(self.ff_norm(h))
+
+
+class MotionModule(nn.Module):
+    def __init__(self, cfg: DiTConfig, kinds: list[str]):
+        super().__init__()
+        d = cfg.dim
+        self.norm = nn.GroupNorm(cfg.motion_norm_groups, d, eps=1e-6)
+        self.proj_in = nn.Linear(d, d)
+        self.transformer_blocks = nn.ModuleList(
+            [MotionLayer(d, cfg.motion_heads, kinds, cfg.motion_grid) for _ in range(cfg.motion_layers)]
+        )
+        self.proj_out = nn.Linear(d, d)  # zero-initialised by VideoDiT.init_weights
+
+    def forward(self, x: Tensor, grid: tuple[int, int, int]) -> Tensor:
+        """x (B, T*H*W, D) -> same; grid (T, H, W)."""
+        b, n, d = x.shape
+        t, hh, ww = grid
+        h = self.norm(x.reshape(b * t, hh * ww, d).transpose(1, 2)).transpose(1, 2)  # GroupNorm per frame
+        h = self.proj_in(h).reshape(b, t, hh, ww, d)
+        for layer in self.transformer_blocks:
+            h = layer(h)
+        return x + self.proj_out(h.reshape(b, n, d))
