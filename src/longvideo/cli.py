@@ -17,7 +17,6 @@ from longvideo.errors import UserError
 
 # Commands of DESIGN.md §3 that are not built yet, and the issue that brings them.
 PENDING = {
-    "generate": "the bundled shapes model (issue #5: training system and bundled model)",
     "curate": "the data-curation pipeline (issue #7)",
     "convert": "the checkpoint converters (issue #8)",
     "serve": "the web UI",
@@ -40,15 +39,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="generate a video from a prompt (and an image)")
     g.add_argument("prompt")
-    g.add_argument("--image")
-    g.add_argument("--frames", type=int, default=33)
-    g.add_argument("--height", type=int)
-    g.add_argument("--width", type=int)
-    g.add_argument("--steps", type=int)
-    g.add_argument("--guidance", type=float)
+    g.add_argument("--image", metavar="PNG", help="first frame (image-to-video), resized/cropped to the size")
+    g.add_argument(
+        "--frames",
+        type=int,
+        help="frames >= 1; a count that is not 4k+1 is rounded up to the next 4k+1, generated, and cut "
+        "back to the count asked for (default: the model's)",
+    )
+    g.add_argument("--height", type=int, help="a multiple of 16 for the presets (default: the model's)")
+    g.add_argument("--width", type=int, help="a multiple of 16 for the presets (default: the model's)")
+    g.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    g.add_argument(
+        "--guidance", type=float, help="classifier-free guidance scale, 1 = off (default: the model's)"
+    )
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--model", default="shapes")
+    g.add_argument(
+        "--model", default="shapes", help="bundled model name or pipeline folder (default: shapes)"
+    )
     g.add_argument("-o", "--output", default="out.mp4")
+
+    m = sub.add_parser("models", help="list the model presets (DiT, VAE) and bundled pipelines")
+    m.add_argument("--json", action="store_true", help="print a JSON list")
 
     t = sub.add_parser("train", help="train a model from a YAML config")
     t.add_argument("config")
@@ -229,6 +240,46 @@ def cmd_bench_vae(a) -> None:
     )
 
 
+def cmd_generate(a) -> None:
+    from longvideo.pipelines import VideoPipeline
+
+    image = None
+    if a.image is not None:
+        from longvideo.data.video_io import read_video
+
+        image = read_video(a.image, num_frames=1)[0]  # (H, W, 3) uint8; PyAV reads PNG/JPEG too
+    pipe = VideoPipeline.from_pretrained(a.model)
+    summary = pipe.generate_to_file(
+        a.output,
+        a.prompt,
+        image=image,
+        frames=a.frames,
+        height=a.height,
+        width=a.width,
+        steps=a.steps,
+        guidance=a.guidance,
+        seed=a.seed,
+    )
+    print(json.dumps(summary))
+
+
+def cmd_models(a) -> None:
+    from longvideo.pipelines.catalog import list_models
+
+    rows = list_models()
+    if a.json:
+        print(json.dumps(rows))
+        return
+    print(f"{'COMPONENT':<12} {'NAME':<22} {'FAMILY':<10} {'PARAMS':>11}")
+    for r in rows:
+        size = (
+            f"{r['params'] / 1e6:10.1f}M"
+            if "params" in r
+            else ("installed" if r["installed"] else "not installed")
+        )
+        print(f"{r['component']:<12} {r['name']:<22} {r.get('family', ''):<10} {size:>11}")
+
+
 def _pending(a) -> None:
     raise UserError(f"'{a.command}' is not available yet: it needs {PENDING[a.command]}")
 
@@ -236,6 +287,10 @@ def _pending(a) -> None:
 def _dispatch(a) -> None:
     if a.command in PENDING:
         return _pending(a)
+    if a.command == "generate":
+        return cmd_generate(a)
+    if a.command == "models":
+        return cmd_models(a)
     if a.command == "data":
         return cmd_data_shapes(a)
     if a.command == "train":

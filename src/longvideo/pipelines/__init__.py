@@ -1,0 +1,7 @@
+"""Generation pipelines: one `VideoPipeline` for text-to-video, image-to-video and continuation (they differ
+only in which latent frames are known), and the pipeline folder it loads from and saves to."""
+
+from longvideo.pipelines.inputs import FRAME_RULE, generated_frames
+from longvideo.pipelines.video import PipelineDefaults, VideoPipeline
+
+__all__ = ["FRAME_RULE", "PipelineDefaults", "VideoPipeline", "generated_frames"]

@@ -1,0 +1,365 @@
+"""`VideoPipeline`: text -> video, image -> video and video continuation through ONE code path.
+
+    pipe = VideoPipeline.from_pretrained("shapes")              # or a pipeline folder (folder.py)
+    video = pipe("a large red circle moving right quickly on a black background", seed=1)  # (1, 3, T, H, W)
+    pipe.generate_to_file("out.mp4", "a small blue square staying still on a white background")
+
+The three tasks differ only in which latent frames are known (inputs.py): none (T2V), frame 0 (I2V: the
+image encoded as a one-frame video), or the first ones (continuation: a clip's latents). The DiT sees them
+through its `cond` channels [masked-video latents | mask]; the noisy sample itself is never overwritten.
+Known frames condition only through `cond`, as in the inpainting DiTs this follows (EasyAnimate, OSP v1.3):
+re-imposing them on x would put x off the noise path the model was trained on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from longvideo.data.video_io import VideoWriter, to_uint8_frames
+from longvideo.diffusion import (
+    DiffusionConfig,
+    NoiseSchedule,
+    cfg_denoiser,
+    get_sampler,
+    make_denoiser,
+    sampling_times,
+)
+from longvideo.errors import UserError
+from longvideo.models.dit import VideoDiT
+from longvideo.models.text import TextEncoder
+from longvideo.models.vae.model import CausalVAE
+from longvideo.pipelines import folder as fs
+from longvideo.pipelines.inputs import (
+    build_cond,
+    check_size,
+    decoder_streams,
+    fit,
+    fit_video,
+    generated_frames,
+    image_to_tensor,
+    scale_latents,
+    unscale_latents,
+    video_to_tensor,
+)
+
+Callback = Callable[[int, float, Tensor, Tensor], None]  # (step, t, x, x0_hat) after each sampler step
+
+
+@dataclass
+class PipelineDefaults:
+    """What a call leaves out; stored in `scheduler/config.json` next to the DiffusionConfig."""
+
+    frames: int = 33
+    height: int = 64
+    width: int = 64
+    steps: int = 25
+    guidance: float = 4.0  # classifier-free guidance scale; 1 turns it off
+    sampler: str = "dpmpp_2m"  # diffusion.SAMPLERS
+    negative_prompt: str = ""
+    fps: float = 8.0
+
+    def validate(self) -> PipelineDefaults:
+        get_sampler(self.sampler)
+        if self.frames < 1 or self.height < 1 or self.width < 1 or self.steps < 1:
+            raise UserError("defaults: frames, height, width and steps must be >= 1")
+        if self.guidance < 1 or self.fps <= 0:
+            raise UserError("defaults: guidance must be >= 1 and fps > 0")
+        return self
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One call, resolved against the defaults and checked."""
+
+    prompt: str
+    negative_prompt: str
+    frames: int  # returned / written
+    generated: int  # f*k+1 >= frames
+    height: int
+    width: int
+    steps: int
+    guidance: float
+    seed: int
+    sampler: str
+    known: Tensor | None  # (1, 3, T0, H, W) pixels of the known first frames; None for T2V
+
+
+class VideoPipeline:
+    def __init__(
+        self,
+        vae: CausalVAE,
+        transformer: VideoDiT,
+        text_encoder: TextEncoder,
+        diffusion: DiffusionConfig | None = None,
+        defaults: PipelineDefaults | None = None,
+    ):
+        self.vae = vae.eval()
+        self.transformer = transformer.eval()
+        self.text_encoder = text_encoder
+        self.diffusion = (diffusion if diffusion is not None else DiffusionConfig()).validate()
+        self.defaults = (defaults if defaults is not None else PipelineDefaults()).validate()
+        self.schedule = NoiseSchedule(self.diffusion)
+        c, dc = vae.cfg.latent_channels, transformer.cfg
+        if dc.in_channels != c:
+            raise UserError(f"the transformer takes {dc.in_channels} latent channels, the VAE makes {c}")
+        if dc.cond_channels not in (0, c + 1):
+            raise UserError(
+                f"transformer cond_channels must be 0 or {c + 1} ([latents | mask]), got {dc.cond_channels}"
+            )
+        if dc.pooled_dim:
+            raise UserError(
+                "transformers with a pooled text input (pooled_dim > 0) are not supported by this pipeline"
+            )
+        if text_encoder.cfg.output != "last_hidden_state" or text_encoder.dim != dc.text_dim:
+            raise UserError(
+                f"the text encoder gives {text_encoder.dim}-d states, the transformer wants {dc.text_dim}"
+            )
+
+    # ------------------------------------------------------------------------- properties
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    @property
+    def temporal_factor(self) -> int:
+        return self.vae.cfg.temporal_factor
+
+    @property
+    def size_multiples(self) -> tuple[int, int]:
+        """(height, width) must be multiples of these: VAE spatial factor x the DiT's patch size."""
+        s, (_, ph, pw) = self.vae.cfg.spatial_factor, self.transformer.cfg.patch_size
+        return s * ph, s * pw
+
+    def to(self, device: str | torch.device) -> VideoPipeline:
+        self.vae.to(device)
+        self.transformer.to(device)
+        self.text_encoder.to(device)
+        return self
+
+    # ------------------------------------------------------------------------- folders
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_name: str | os.PathLike[str],
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> VideoPipeline:
+        """A pipeline folder (folder.py) or a bundled model name (`shapes`); `dtype` for VAE + DiT."""
+        vae, transformer, text_encoder, sched, where = fs.load_parts(path_or_name, cls.__name__, dtype)
+        diffusion = fs.from_dict(DiffusionConfig, sched.get("diffusion", {}), where)
+        defaults = fs.from_dict(PipelineDefaults, sched.get("defaults", {}), where)
+        pipe = cls(vae, transformer, text_encoder, diffusion, defaults)
+        return pipe if device is None else pipe.to(device)
+
+    def save_pretrained(self, folder: str | os.PathLike[str]) -> str:
+        """Write the pipeline folder: into a temporary folder first, moved into place when complete."""
+        sched = {
+            "diffusion": dataclasses.asdict(self.diffusion),
+            "defaults": dataclasses.asdict(self.defaults),
+        }
+        fs.save_parts(folder, type(self).__name__, self.vae, self.transformer, self.text_encoder, sched)
+        return os.fspath(folder)
+
+    # ------------------------------------------------------------------------- generation
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str,
+        *,
+        negative_prompt: str | None = None,
+        image: Any = None,
+        known: Tensor | None = None,
+        frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        seed: int = 0,
+        sampler: str | None = None,
+        progress: bool = True,
+        callback: Callback | None = None,
+    ) -> Tensor:
+        """Generate one video (1, 3, frames, height, width) in [-1, 1]. Arguments left out (None) take
+        the pipeline's `defaults`.
+
+        image: the first frame (I2V): uint8 (H, W, 3) numpy, a PIL image, or a float tensor (3, H, W) in
+        [-1, 1]; scaled to cover (height, width) and centre-cropped. known: a clip (1, 3, T0, H, W) in
+        [-1, 1], T0 = 4k+1 <= frames, that the video continues from (its latents fill the first positions).
+        Both need a transformer with conditioning channels. Frames: >= 1; a count that is not 4k+1 (the
+        VAE's temporal factor f = 4) is rounded UP to the next f*k+1, generated, and cut back to the
+        requested count. height / width: multiples of the VAE's spatial factor x the patch size (16 for the
+        presets). guidance > 1: classifier-free guidance against `negative_prompt` (default ""), one
+        batched model call per step. The same seed gives the same video (a private torch.Generator).
+        """
+        req = self._request(prompt, negative_prompt, image, known, frames, height, width, steps, guidance,
+                            seed, sampler)  # fmt: skip
+        z = self._sample(req, progress, callback)
+        return torch.cat(list(self._decode(z, req.frames, chunk=4)), dim=2)
+
+    @torch.no_grad()
+    def generate_to_file(
+        self,
+        path: str | os.PathLike[str],
+        prompt: str,
+        *,
+        negative_prompt: str | None = None,
+        image: Any = None,
+        known: Tensor | None = None,
+        frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        seed: int = 0,
+        sampler: str | None = None,
+        progress: bool = True,
+        callback: Callback | None = None,
+        fps: float | None = None,
+        quality: int = 18,
+        decode_chunk: int = 4,
+    ) -> dict:
+        """Generate as `__call__` and write the video (mp4/mkv/mov/gif) while the VAE decodes it
+        `decode_chunk` latent frames at a time: memory stays constant in the frame count (for VAEs that
+        stream exactly, see inputs.decoder_streams). Returns {path, frames, height, width, fps, seed,
+        seconds (wall time)}."""
+        t0 = time.perf_counter()
+        req = self._request(prompt, negative_prompt, image, known, frames, height, width, steps, guidance,
+                            seed, sampler)  # fmt: skip
+        if isinstance(decode_chunk, bool) or not isinstance(decode_chunk, int) or decode_chunk < 1:
+            raise UserError(f"decode_chunk must be an integer >= 1, got {decode_chunk!r}")
+        fps = self.defaults.fps if fps is None else fps
+        with VideoWriter(path, fps, quality=quality) as writer:  # opened first: a bad path fails before work
+            z = self._sample(req, progress, callback)
+            for x in self._decode(z, req.frames, chunk=decode_chunk):
+                writer.write(to_uint8_frames(x))
+        seconds = time.perf_counter() - t0
+        return {
+            "path": os.fspath(path), "frames": writer.frames_written, "height": req.height,
+            "width": req.width, "fps": float(fps), "seed": req.seed, "seconds": round(seconds, 3),
+        }  # fmt: skip
+
+    # ------------------------------------------------------------------------- the one code path
+
+    def _request(
+        self, prompt, negative_prompt=None, image=None, known=None, frames=None, height=None, width=None,
+        steps=None, guidance=None, seed=0, sampler=None,
+    ) -> _Request:  # fmt: skip
+        d = self.defaults
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise UserError("the prompt is empty: describe the video to generate")
+        negative_prompt = d.negative_prompt if negative_prompt is None else negative_prompt
+        if not isinstance(negative_prompt, str):
+            raise UserError(f"negative_prompt must be a string, got {type(negative_prompt).__name__}")
+        if image is not None and known is not None:
+            raise UserError("give an image (image-to-video) or a clip to continue (known), not both")
+        if (image is not None or known is not None) and not self.transformer.cfg.cond_channels:
+            raise UserError(
+                "this model has no conditioning channels: it cannot start from an image or a clip"
+            )
+        frames = d.frames if frames is None else frames
+        generated = generated_frames(frames, self.temporal_factor, self.transformer.cfg.patch_size[0])
+        mh, mw = self.size_multiples
+        why = f"VAE {self.vae.cfg.spatial_factor}x down-sampling x patch size"
+        height = check_size("height", d.height if height is None else height, mh, why)
+        width = check_size("width", d.width if width is None else width, mw, why)
+        steps = d.steps if steps is None else steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise UserError(f"steps must be an integer >= 1, got {steps!r}")
+        guidance = float(d.guidance if guidance is None else guidance)
+        if not guidance >= 1.0:
+            raise UserError(f"guidance must be >= 1 (1 turns classifier-free guidance off), got {guidance}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise UserError(f"seed must be an integer >= 0, got {seed!r}")
+        sampler = d.sampler if sampler is None else sampler
+        get_sampler(sampler)
+        pixels = None
+        if image is not None:
+            pixels = fit(image_to_tensor(image), height, width)[:, :, None]  # (1, 3, 1, H, W)
+        elif known is not None:
+            pixels = fit_video(video_to_tensor(known), height, width)
+            t0, f = pixels.shape[2], self.temporal_factor
+            if (t0 - 1) % f:
+                raise UserError(f"known: a clip to continue needs 1 + a multiple of {f} frames, got {t0}")
+            if t0 > frames:
+                raise UserError(
+                    f"known: the clip ({t0} frames) is longer than the video to generate ({frames})"
+                )
+        return _Request(prompt, negative_prompt, int(frames), generated, height, width, steps, guidance,
+                        int(seed), sampler, pixels)  # fmt: skip
+
+    def _model_fn(self, x: Tensor, t: Tensor, **kwargs: Tensor) -> Tensor:
+        dtype = next(self.transformer.parameters()).dtype
+        out = self.transformer(x.to(dtype), t, **kwargs)
+        return out[:, : x.shape[1]].float()  # learn_sigma models: the variance half is unused here
+
+    def _sample(self, req: _Request, progress: bool, callback: Callback | None) -> Tensor:
+        """Noise -> latents (1, C, K, h, w), un-scaled for the VAE."""
+        dev, vcfg = self.device, self.vae.cfg
+        c, s = vcfg.latent_channels, vcfg.spatial_factor
+        k, hw = (req.generated - 1) // self.temporal_factor + 1, (req.height // s, req.width // s)
+        gen = torch.Generator().manual_seed(req.seed)  # on the CPU: the same video on every device
+        noise = torch.randn((1, c, k, *hw), generator=gen).to(dev)
+
+        cond = None
+        if self.transformer.cfg.cond_channels:
+            known = None
+            if req.known is not None:  # the VAE's mean latents of the known frames, scaled like x
+                vae_dtype = next(self.vae.parameters()).dtype
+                known = scale_latents(self.vae.encode(req.known.to(dev, vae_dtype)).mode().float(), vcfg)
+            cond = build_cond(known, k, c, hw).to(dev)
+
+        cfg_on = req.guidance > 1.0
+        text, mask = self.text_encoder.encode([req.prompt, req.negative_prompt] if cfg_on else [req.prompt])
+        text, mask = text.to(dev), mask.to(dev)
+        branch = [{"text": text[i : i + 1], "text_mask": mask[i : i + 1]} for i in range(text.shape[0])]
+        if cond is not None:
+            for b in branch:
+                b["cond"] = cond  # the same known frames on both sides of the guidance
+        denoise = make_denoiser(self._model_fn, self.diffusion, self.schedule)
+        if cfg_on:
+            denoise = cfg_denoiser(denoise, branch[0], branch[1], req.guidance)
+        else:
+            denoise = functools.partial(denoise, **branch[0])
+
+        ts = sampling_times(self.schedule, req.steps)
+        with tqdm(total=req.steps, desc="denoising", unit="step", disable=not progress, leave=False) as bar:
+
+            def on_step(i: int, t: float, x: Tensor, x0: Tensor) -> None:
+                bar.update(1)
+                if callback is not None:
+                    callback(i, t, x, x0)
+
+            x = get_sampler(req.sampler)(denoise, noise, ts, self.schedule, generator=gen, callback=on_step)
+        return unscale_latents(x, vcfg)
+
+    def _decode(self, z: Tensor, frames: int, chunk: int) -> Iterator[Tensor]:
+        """Video chunks (1, 3, t, H, W) in [-1, 1], the first `frames` frames only; streamed through the
+        VAE's `decode_stream` when it decodes exactly that way, else the whole clip at once."""
+        z = z.to(next(self.vae.parameters()).dtype)
+        chunks = (
+            self.vae.decode_stream(z, chunk=chunk) if decoder_streams(self.vae.cfg) else [self.vae.decode(z)]
+        )
+        left = frames
+        for x in chunks:
+            x = x[:, :, :left]
+            left -= x.shape[2]
+            yield x.float().clamp(-1.0, 1.0)
+            if left <= 0:
+                return  # chunks holding only the rounded-up tail are never decoded
+
+
+__all__ = ["PipelineDefaults", "VideoPipeline"]
