@@ -168,3 +168,23 @@ def test_gradients_flow_and_loss_falls():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_bad_input_clear_errors_and_non_strict(vae):
+    from longvideo.errors import UserError
+
+    with pytest.raises(UserError, match="needs 4k\\+1"):
+        vae.encode(torch.randn(1, 3, 6, 16, 16))
+    with pytest.raises(UserError, match="4 channels, this VAE takes 3"):
+        vae.encode(torch.randn(1, 4, 5, 16, 16))
+    with pytest.raises(UserError, match="multiples of 8"):
+        vae.encode(torch.randn(1, 3, 5, 20, 16))
+    with pytest.raises(UserError, match="must be"):
+        vae.encode(torch.randn(3, 5, 16, 16))
+    x = torch.randn(1, 3, 6, 16, 16)
+    with torch.no_grad():
+        padded = torch.cat([x, x[:, :, -1:].expand(-1, -1, 3, -1, -1)], dim=2)  # 6 -> 9 frames
+        assert torch.equal(vae.encode(x, strict=False).mean, vae.encode(padded).mean)
+        # causality: the padding changes no latent of the real frames
+        real = vae.encode(x[:, :, :5]).mean
+        assert torch.allclose(real, vae.encode(x, strict=False).mean[:, :, :2], atol=1e-6)

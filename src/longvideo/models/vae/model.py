@@ -259,12 +259,35 @@ class CausalVAE(nn.Module):
 
     # -- whole clips ------------------------------------------------------------------------------------
 
-    def encode(self, x: Tensor) -> DiagonalGaussian:
-        """(B, C, T, H, W) in [-1, 1], T = 4k+1 (a single image is T = 1) -> posterior over (k+1) frames."""
+    def encode(self, x: Tensor, strict: bool = True) -> DiagonalGaussian:
+        """(B, C, T, H, W) in [-1, 1], T = 4k+1 (a single image is T = 1) -> posterior over (k+1) frames.
+
+        `strict=False` accepts any T: the clip is padded at the end by repeating its last frame up to the
+        next 4k+1 (causality: the padding changes no latent of the real frames); decode and cut back.
+        """
+        self.check_input(x, whole=strict)
+        f = self.cfg.temporal_factor
+        pad = (-(x.shape[2] - 1)) % f
+        if pad:
+            x = torch.cat([x, x[:, :, -1:].expand(-1, -1, pad, -1, -1)], dim=2)
         return self.encode_chunk(x, None)[0]
 
     def decode(self, z: Tensor) -> Tensor:
         return self.decode_chunk(z, None)[0]
+
+    def check_input(self, x: Tensor, whole: bool = True) -> None:
+        """Clear errors for what the VAE cannot take: wrong rank or channels, sizes off the 8-grid, T."""
+        from longvideo.errors import UserError
+
+        c, f, s = self.cfg.in_channels, self.cfg.temporal_factor, self.cfg.spatial_factor
+        if x.ndim != 5:
+            raise UserError(f"VAE input must be (B, C, T, H, W), got shape {tuple(x.shape)}")
+        if x.shape[1] != c:
+            raise UserError(f"VAE input has {x.shape[1]} channels, this VAE takes {c}")
+        if x.shape[3] % s or x.shape[4] % s:
+            raise UserError(f"VAE input {x.shape[3]}x{x.shape[4]}: height and width must be multiples of {s}")
+        if whole and (x.shape[2] - 1) % f:
+            raise UserError(f"VAE input has {x.shape[2]} frames: needs {f}k+1 (or encode(x, strict=False))")
 
     def forward(self, x: Tensor, sample: bool = True, generator: torch.Generator | None = None):
         post = self.encode(x)
