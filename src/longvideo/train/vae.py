@@ -49,6 +49,10 @@ class VAETrainConfig:
     grad_clip: float = 1.0
     kl_weight: float = 1e-6
     mse_weight: float = 0.0  # an MSE term beside L1 (see vae_losses.vae_loss for why)
+    # Decode a posterior sample (a VAE) or its mean (a KL-regularised autoencoder). Why the switch: with a
+    # tiny KL weight the posterior std shrinks only slowly, and until it does the sampling noise drowns the
+    # few latent dimensions that carry colour; a second stage on the mean sharpens them (shapes VAE).
+    sample_posterior: bool = True
     lpips_weights: str | None = None  # VGG16 + LPIPS heads (safetensors); None = no LPIPS term
     lpips_weight: float = 0.1
     gan_start: int = -1  # step from which the PatchGAN joins; -1 = never
@@ -57,6 +61,7 @@ class VAETrainConfig:
     ema_decay: float = 0.999
     stage: str = "full"  # "full" | "decoder" (freeze encoder + quant_conv; EasyAnimate stage 2)
     init: str | None = None  # a VAE folder (or bundled name) to start from
+    stop_at: int = 0  # stop (checkpoint + export) after this step; the lr schedule still spans `steps`
     save_every: int = 500
     keep: int = 3
     log_every: int = 20
@@ -157,7 +162,7 @@ class VAETrainer:
         for g in self.opt.param_groups:
             g["lr"] = lr_at(cfg, step)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # posterior noise of this step
-        rec, post = self.vae(x, sample=True, generator=gen)
+        rec, post = self.vae(x, sample=cfg.sample_posterior, generator=gen)
         loss, logs = vae_loss(x, rec, post.kl(), cfg.kl_weight, self.lpips, cfg.lpips_weight, cfg.mse_weight)
         gan = self.disc is not None and step >= cfg.gan_start
         if gan:
@@ -186,7 +191,8 @@ class VAETrainer:
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train vae", unit="step", disable=not progress)
         last = {}
         try:
-            while self.step < cfg.steps:
+            end = min(cfg.steps, cfg.stop_at) if cfg.stop_at > 0 else cfg.steps
+            while self.step < end:
                 t0 = time.perf_counter()
                 logs = self.train_step(self.step)
                 self.step += 1
@@ -194,7 +200,7 @@ class VAETrainer:
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     log.write(json.dumps(last) + "\n")
                     log.flush()
-                if self.step % cfg.save_every == 0 or self.step == cfg.steps:
+                if self.step % cfg.save_every == 0 or self.step == end:
                     self.save()
                 bar.set_postfix(loss=f"{logs['loss']:.4f}", l1=f"{logs['l1']:.4f}")
                 bar.update()
