@@ -58,9 +58,9 @@ import ast
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from longvideo.models.vae.layers import CausalConv3d, Norm
+from longvideo.convert.keymap import apply_module_map, load_on_meta
 from longvideo.models.vae.model import CausalVAE, VAEConfig
 
 # AutoencoderKLMagvit.__init__ defaults (commit d3b8bbb), for keys a config leaves out; the block type lists
@@ -264,19 +264,6 @@ def module_map(cfg: VAEConfig) -> list[tuple[str, str]]:
     return pairs
 
 
-def _param_owner(model: nn.Module, path: str) -> str:
-    """The path of the module holding `path`'s parameters, through our CausalConv3d / Norm wrappers."""
-    try:
-        m = model.get_submodule(path)
-    except AttributeError as e:
-        raise AssertionError(f"module map names {path}, which the model does not have") from e
-    if isinstance(m, CausalConv3d):
-        return f"{path}.conv"
-    if isinstance(m, Norm):
-        return f"{path}.norm"
-    return path
-
-
 def _fit(src: Tensor, shape: torch.Size, skey: str, tkey: str) -> Tensor:
     """The source tensor in the target's shape: a copy, or an (O, I) Linear weight as an (O, I, 1, 1) conv."""
     if src.shape == shape:
@@ -294,39 +281,7 @@ def convert_easyanimate_vae_state_dict(sd: dict[str, Tensor], cfg: VAEConfig) ->
     """
     with torch.device("meta"):
         model = CausalVAE(cfg)
-    target = {k: v.shape for k, v in model.state_dict().items()}
-    out: dict[str, Tensor] = {}
-    used: set[str] = set()
-    missing: list[str] = []
-    mismatched: list[str] = []
-    for ours, theirs in module_map(cfg):
-        owner = _param_owner(model, ours)
-        for p in ("weight", "bias"):
-            tkey, skey = f"{owner}.{p}", f"{theirs}.{p}"
-            if tkey not in target:
-                raise AssertionError(f"module map names {tkey}, which the model does not have")
-            if tkey in out or skey in used:
-                raise AssertionError(f"module map uses {tkey} / {skey} twice")
-            used.add(skey)
-            if skey not in sd:
-                missing.append(skey)
-                continue
-            try:
-                out[tkey] = _fit(sd[skey], target[tkey], skey, tkey)
-            except ValueError as e:
-                mismatched.append(str(e).removeprefix("shape mismatch: "))
-    unmapped = sorted(set(target) - set(out))
-    leftover = sorted(set(sd) - used)
-    if missing or leftover or mismatched:
-        raise ValueError(
-            "EasyAnimate VAE state dict does not match the config:"
-            + (f" missing source keys {missing};" if missing else "")
-            + (f" unused source keys {leftover};" if leftover else "")
-            + (f" shape mismatches {mismatched};" if mismatched else "")
-        )
-    if unmapped:
-        raise AssertionError(f"module map never produces target keys {unmapped}")
-    return out
+    return apply_module_map(sd, model, module_map(cfg), _fit, "EasyAnimate VAE")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -340,14 +295,7 @@ def load_easyanimate_vae(
     Built on the meta device; the converted tensors become its parameters (no random init is spent).
     """
     cfg = easyanimate_vae_config(cfg_json)
-    converted = {k: v.to(dtype) for k, v in convert_easyanimate_vae_state_dict(sd, cfg).items()}
-    with torch.device("meta"):
-        vae = CausalVAE(cfg)
-    vae.load_state_dict(converted, strict=True, assign=True)
-    still_meta = [n for n, t in (*vae.named_parameters(), *vae.named_buffers()) if t.is_meta]
-    if still_meta:
-        raise ValueError(f"tensors left uninitialised: {still_meta}")
-    return vae.eval()
+    return load_on_meta(cfg, convert_easyanimate_vae_state_dict(sd, cfg), dtype)
 
 
 __all__ = [

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from longvideo.models.vae.layers import CausalConv3d, Norm
+from longvideo.convert.keymap import apply_module_map, check_all_set
 from longvideo.models.vae.model import CausalVAE, VAEConfig
 
 # diffusers' AutoencoderKL defaults, for config keys a config.json leaves out
@@ -177,19 +177,11 @@ def module_map(cfg: VAEConfig) -> list[tuple[str, str]]:
     return pairs
 
 
-def _param_owner(model: nn.Module, path: str) -> str | None:
-    """The path of the module that holds `path`'s parameters (through our wrappers); None if absent."""
+def _has_module(model: nn.Module, path: str) -> bool:
     try:
-        m = model.get_submodule(path)
+        return model.get_submodule(path) is not None
     except AttributeError:
-        return None
-    if m is None:
-        return None
-    if isinstance(m, CausalConv3d):
-        return f"{path}.conv"
-    if isinstance(m, Norm):
-        return f"{path}.norm"
-    return path
+        return False
 
 
 def _inflate(src: Tensor, shape: torch.Size, skey: str, tkey: str) -> Tensor:
@@ -226,37 +218,14 @@ def inflate_state_dict(sd2d: dict[str, Tensor], cfg: VAEConfig) -> dict[str, Ten
     sd2d = _rename_old_attention(sd2d)
     with torch.device("meta"):
         model = CausalVAE(cfg)
-    target = {k: v.shape for k, v in model.state_dict().items()}
-    out: dict[str, Tensor] = {}
-    used: set[str] = set()
-    missing: list[str] = []
-    for ours, theirs in module_map(cfg):
-        owner = _param_owner(model, ours)
-        if owner is None:
-            if ours.endswith(".nin_shortcut"):  # cin == cout: no shortcut conv on either side
-                continue
-            raise AssertionError(f"module map names {ours}, which the model does not have")
-        for p in ("weight", "bias"):
-            tkey, skey = f"{owner}.{p}", f"{theirs}.{p}"
-            if tkey not in target:
-                raise AssertionError(f"module map names {tkey}, which the model does not have")
-            if tkey in out or skey in used:
-                raise AssertionError(f"module map uses {tkey} / {skey} twice")
-            if skey not in sd2d:
-                missing.append(skey)
-                continue
-            out[tkey] = _inflate(sd2d[skey], target[tkey], skey, tkey)
-            used.add(skey)
-    unmapped = sorted(set(target) - set(out))
-    leftover = sorted(set(sd2d) - used)
-    if missing or leftover or unmapped:
-        raise ValueError(
-            "image VAE state dict does not match the config:"
-            + (f" missing source keys {missing};" if missing else "")
-            + (f" unused source keys {leftover};" if leftover else "")
-            + (f" target keys never produced {unmapped};" if unmapped and not missing else "")
-        )
-    return out
+    pairs = [
+        (ours, theirs)
+        for ours, theirs in module_map(cfg)  # cin == cout: no shortcut conv on either side
+        if not (ours.endswith(".nin_shortcut") and not _has_module(model, ours))
+    ]
+    return apply_module_map(
+        sd2d, model, pairs, _inflate, "image VAE", collect_mismatches=False, unmapped_is_value_error=True
+    )
 
 
 # ----------------------------------------------------------------------------- loading
@@ -302,9 +271,7 @@ def inflate_autoencoder_kl(model_or_folder: Any, **overrides: Any) -> CausalVAE:
     result = vae.load_state_dict(sd3d, strict=False, assign=True)
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(f"missing keys {result.missing_keys}, unexpected keys {result.unexpected_keys}")
-    still_meta = [n for n, t in (*vae.named_parameters(), *vae.named_buffers()) if t.is_meta]
-    if still_meta:
-        raise ValueError(f"tensors left uninitialised: {still_meta}")
+    check_all_set(vae)
     return vae
 
 

@@ -35,9 +35,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from longvideo.models.vae.layers import CausalConv3d, Norm
+from longvideo.convert.keymap import apply_module_map, load_on_meta
 from longvideo.models.vae.model import CausalVAE, VAEConfig
 
 # CausalVAEModel.__init__ defaults (v1.2.0), for keys a config leaves out
@@ -216,19 +216,6 @@ def module_map(cfg: VAEConfig) -> list[tuple[str, str]]:
     return pairs
 
 
-def _param_owner(model: nn.Module, path: str) -> str:
-    """The path of the module holding `path`'s parameters, through our CausalConv3d / Norm wrappers."""
-    try:
-        m = model.get_submodule(path)
-    except AttributeError as e:
-        raise AssertionError(f"module map names {path}, which the model does not have") from e
-    if isinstance(m, CausalConv3d):
-        return f"{path}.conv"
-    if isinstance(m, Norm):
-        return f"{path}.norm"
-    return path
-
-
 def _fit(src: Tensor, shape: torch.Size, skey: str, tkey: str) -> Tensor:
     """The source tensor in the target's shape: a copy, or a (O, I, 1, kh, kw) causal kernel as a 2D one."""
     if src.shape == shape:
@@ -246,39 +233,7 @@ def convert_osp_vae_state_dict(sd: dict[str, Tensor], cfg: VAEConfig) -> dict[st
     """
     with torch.device("meta"):
         model = CausalVAE(cfg)
-    target = {k: v.shape for k, v in model.state_dict().items()}
-    out: dict[str, Tensor] = {}
-    used: set[str] = set()
-    missing: list[str] = []
-    mismatched: list[str] = []
-    for ours, theirs in module_map(cfg):
-        owner = _param_owner(model, ours)
-        for p in ("weight", "bias"):
-            tkey, skey = f"{owner}.{p}", f"{theirs}.{p}"
-            if tkey not in target:
-                raise AssertionError(f"module map names {tkey}, which the model does not have")
-            if tkey in out or skey in used:
-                raise AssertionError(f"module map uses {tkey} / {skey} twice")
-            used.add(skey)
-            if skey not in sd:
-                missing.append(skey)
-                continue
-            try:
-                out[tkey] = _fit(sd[skey], target[tkey], skey, tkey)
-            except ValueError as e:
-                mismatched.append(str(e).removeprefix("shape mismatch: "))
-    unmapped = sorted(set(target) - set(out))
-    leftover = sorted(set(sd) - used)
-    if missing or leftover or mismatched:
-        raise ValueError(
-            "Open-Sora-Plan VAE state dict does not match the config:"
-            + (f" missing source keys {missing};" if missing else "")
-            + (f" unused source keys {leftover};" if leftover else "")
-            + (f" shape mismatches {mismatched};" if mismatched else "")
-        )
-    if unmapped:
-        raise AssertionError(f"module map never produces target keys {unmapped}")
-    return out
+    return apply_module_map(sd, model, module_map(cfg), _fit, "Open-Sora-Plan VAE")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -307,14 +262,7 @@ def load_osp_vae(cfg_json: dict, sd: dict[str, Tensor], dtype: torch.dtype = tor
             if key in sd:
                 raise ValueError(f"use_quant_layer=False but the state dict holds {key}")
         sd = {**sd, **_identity_quant_convs(cfg, next(iter(sd.values())))}
-    converted = {k: v.to(dtype) for k, v in convert_osp_vae_state_dict(sd, cfg).items()}
-    with torch.device("meta"):
-        vae = CausalVAE(cfg)
-    vae.load_state_dict(converted, strict=True, assign=True)
-    still_meta = [n for n, t in (*vae.named_parameters(), *vae.named_buffers()) if t.is_meta]
-    if still_meta:
-        raise ValueError(f"tensors left uninitialised: {still_meta}")
-    return vae.eval()
+    return load_on_meta(cfg, convert_osp_vae_state_dict(sd, cfg), dtype)
 
 
 __all__ = [
