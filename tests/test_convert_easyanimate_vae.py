@@ -8,10 +8,6 @@ repository root).
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -24,14 +20,12 @@ from longvideo.convert.easyanimate_vae import (
 from longvideo.models.vae.layers import CausalConv3d, FrameAttention, Norm, StreamState, Upsample
 from longvideo.models.vae.model import CausalVAE, VAEConfig, split_frames, vae_preset
 from longvideo.models.vae.slicing import decode_slices, mini_batches
+from seed_fixtures import FIXTURES, has_fixture, load_fixture
 
-REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("LONGVIDEO_FIXTURES", REPO.parent / "shared" / "fixtures"))
 NAME = "easyanimate_v3_slice_vae"
-FILES = [FIXTURES / f"{NAME}{ext}" for ext in (".json", ".safetensors", ".io.safetensors")]
 
 needs_fixture = pytest.mark.skipif(
-    not all(f.is_file() for f in FILES),
+    not has_fixture(NAME),
     reason=f"EasyAnimate VAE parity fixture not found in {FIXTURES} (set LONGVIDEO_FIXTURES to its folder)",
 )
 
@@ -43,10 +37,7 @@ BLOCKS = {
 
 @pytest.fixture(scope="module")
 def fixture():
-    from safetensors.torch import load_file
-
-    meta = json.loads(FILES[0].read_text())
-    return meta, load_file(str(FILES[1])), load_file(str(FILES[2]))
+    return load_fixture(NAME)
 
 
 @pytest.fixture(scope="module")

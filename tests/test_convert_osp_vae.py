@@ -7,34 +7,25 @@ block layout, run by the OSP code itself. Fixtures are found through $LONGVIDEO_
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-
 import pytest
 import torch
 
 from longvideo.convert.osp_vae import convert_osp_vae_state_dict, load_osp_vae, osp_vae_config
 from longvideo.models.vae.layers import Norm, StreamState, Upsample
 from longvideo.models.vae.model import split_frames
+from seed_fixtures import FIXTURES, has_fixture, load_fixture
 
-REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("LONGVIDEO_FIXTURES", REPO.parent / "shared" / "fixtures"))
 NAME = "osp_v1_2_vae"
-FILES = [FIXTURES / f"{NAME}{ext}" for ext in (".json", ".safetensors", ".io.safetensors")]
 
 needs_fixture = pytest.mark.skipif(
-    not all(f.is_file() for f in FILES),
+    not has_fixture(NAME),
     reason=f"OSP VAE parity fixture not found in {FIXTURES} (set LONGVIDEO_FIXTURES to its folder)",
 )
 
 
 @pytest.fixture(scope="module")
 def fixture():
-    from safetensors.torch import load_file
-
-    meta = json.loads(FILES[0].read_text())
-    return meta, load_file(str(FILES[1])), load_file(str(FILES[2]))
+    return load_fixture(NAME)
 
 
 @pytest.fixture(scope="module")

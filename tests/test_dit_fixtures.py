@@ -7,27 +7,21 @@ Fixtures are found through $LONGVIDEO_FIXTURES (default: `../shared/fixtures` ne
 
 from __future__ import annotations
 
-import json
-import os
 import re
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from longvideo.models.dit import DiTConfig, build_dit
 from longvideo.models.dit.layers import abs_pos_embed
-
-REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("LONGVIDEO_FIXTURES", REPO.parent / "shared" / "fixtures"))
+from seed_fixtures import FIXTURES, has_fixture, load_fixture
 
 
 def fixture(name: str):
-    files = [FIXTURES / f"{name}{ext}" for ext in (".json", ".safetensors", ".io.safetensors")]
-    if not all(f.is_file() for f in files):
+    if not has_fixture(name):
         pytest.skip(f"DiT parity fixture {name} not found in {FIXTURES} (set LONGVIDEO_FIXTURES)")
-    return json.loads(files[0].read_text())["config"], load_file(files[1]), load_file(files[2])
+    meta, sd, io = load_fixture(name)
+    return meta["config"], sd, io
 
 
 def load_exact(cfg: DiTConfig, sd: dict[str, torch.Tensor]):
