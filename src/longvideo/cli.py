@@ -194,8 +194,21 @@ def cmd_train(a) -> None:
         task = (yaml.safe_load(Path(a.config).read_text()) or {}).get("task", "vae")
     except (OSError, yaml.YAMLError, AttributeError):
         task = None  # load_config reports the problem in its own words
+    if task == "dit":
+        from longvideo.parallel import shutdown
+        from longvideo.train.dit import DiTTrainConfig, DiTTrainer
+
+        cfg = load_config(DiTTrainConfig, a.config, a.overrides)
+        try:
+            trainer = DiTTrainer(cfg)
+            res = trainer.fit()
+            if trainer.env.main:
+                print(json.dumps(res))
+        finally:
+            shutdown()
+        return
     if task not in (None, "vae"):
-        raise UserError(f"task {task!r} is not available yet (this version trains task 'vae')")
+        raise UserError(f"unknown task {task!r} in {a.config} (tasks: vae, dit)")
     from longvideo.train.vae import VAETrainConfig, VAETrainer
 
     cfg = load_config(VAETrainConfig, a.config, a.overrides)

@@ -129,13 +129,27 @@ def build_cond(known: Tensor | None, num_latent: int, channels: int, size: tuple
     return cond
 
 
+def _channel_stats(z: Tensor, cfg: VAEConfig) -> tuple[Tensor | float, Tensor | float]:
+    """(shift, scale) broadcastable to latents (B, C, T, h, w): per channel when the VAE has statistics."""
+    if not cfg.latents_mean and not cfg.latents_std:
+        return cfg.shift_factor, cfg.scaling_factor
+    c = cfg.latent_channels
+    mean = torch.tensor(cfg.latents_mean or [0.0] * c, dtype=z.dtype, device=z.device)
+    std = torch.tensor(cfg.latents_std or [1.0] * c, dtype=z.dtype, device=z.device)
+    view = (1, c) + (1,) * (z.ndim - 2)
+    return cfg.shift_factor + mean.view(view), cfg.scaling_factor / std.view(view)
+
+
 def scale_latents(z: Tensor, cfg: VAEConfig) -> Tensor:
-    """VAE latents -> the DiT's: (z - shift) * scale."""
-    return (z - cfg.shift_factor) * cfg.scaling_factor
+    """VAE latents (B, C, T, h, w) -> the DiT's: (z - shift) * scale, per channel when the VAE has
+    latents_mean / latents_std (shift + mean_c, scale / std_c)."""
+    shift, scale = _channel_stats(z, cfg)
+    return (z - shift) * scale
 
 
 def unscale_latents(z: Tensor, cfg: VAEConfig) -> Tensor:
-    return z / cfg.scaling_factor + cfg.shift_factor
+    shift, scale = _channel_stats(z, cfg)
+    return z / scale + shift
 
 
 def decoder_streams(cfg: VAEConfig) -> bool:

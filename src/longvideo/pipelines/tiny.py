@@ -25,8 +25,11 @@ def shapes_vocabulary() -> list[str]:
     return list(dict.fromkeys(words))
 
 
-def tiny_text_encoder(max_length: int = 16) -> TextEncoder:
-    """A 2-layer T5 encoder (d_model 32) with a lower-casing WordLevel tokenizer ("</s>" appended)."""
+def tiny_text_encoder(max_length: int = 16, dim: int = TEXT_DIM, layers: int = 2) -> TextEncoder:
+    """A T5 encoder (`layers` layers of width `dim`, random weights from torch's global RNG) with a
+    lower-casing WordLevel tokenizer of the shapes vocabulary ("</s>" appended). The bundled shapes model
+    uses one (dim 64) frozen, as the seeds freeze T5: distinct random token states are all a DiT needs to
+    tell the world's words apart."""
     import transformers
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 
@@ -40,7 +43,7 @@ def tiny_text_encoder(max_length: int = 16) -> TextEncoder:
         tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
     )
     cfg = transformers.T5Config(
-        vocab_size=len(tokenizer), d_model=TEXT_DIM, d_kv=16, d_ff=64, num_layers=2, num_heads=2,
+        vocab_size=len(tokenizer), d_model=dim, d_kv=16, d_ff=2 * dim, num_layers=layers, num_heads=2,
         pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
     )  # fmt: skip
     return TextEncoder(transformers.T5EncoderModel(cfg), tokenizer, TextEncoderConfig(max_length=max_length))

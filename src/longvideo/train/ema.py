@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 
@@ -13,19 +15,24 @@ class EMA:
     not dominated by the random initialisation.
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.999):
+    def __init__(self, model: nn.Module, decay: float = 0.999, keys: Iterable[str] | None = None):
+        """keys: the state-dict entries to average (e.g. only the trainable ones: a LoRA run need not keep
+        a second copy of the frozen base); None = all of them."""
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = decay
         self.updates = 0
-        self.shadow = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
+        sd = model.state_dict()
+        keys = list(sd) if keys is None else list(keys)
+        self.shadow = {k: sd[k].detach().float().clone() for k in keys}
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for k, v in model.state_dict().items():
-            s = self.shadow[k]
+        sd = model.state_dict()
+        for k, s in self.shadow.items():
+            v = sd[k]
             if v.dtype.is_floating_point:
                 s.mul_(d).add_(v.detach().float(), alpha=1 - d)
             else:
@@ -42,4 +49,8 @@ class EMA:
         self.updates = updates
 
     def copy_to(self, model: nn.Module) -> None:
-        model.load_state_dict({k: self.shadow[k].to(v.dtype) for k, v in model.state_dict().items()})
+        """Load the averages into `model` (entries without an average keep the model's values)."""
+        sd = model.state_dict()
+        model.load_state_dict(
+            {k: self.shadow[k].to(v.dtype) if k in self.shadow else v for k, v in sd.items()}
+        )

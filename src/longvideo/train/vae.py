@@ -11,7 +11,6 @@ and noise the uninterrupted run would have.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from longvideo.data.shapes import ShapesConfig, sample_video, video_rng
 from longvideo.errors import UserError
 from longvideo.models.vae.io import load_vae, save_vae
 from longvideo.models.vae.model import CausalVAE, VAEConfig
+from longvideo.train import schedule
 from longvideo.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from longvideo.train.ema import EMA
 from longvideo.train.vae_losses import PatchDiscriminator, hinge_d_loss, hinge_g_loss, vae_loss
@@ -96,10 +96,7 @@ def shapes_batch(cfg: VAETrainConfig, step: int) -> torch.Tensor:
 
 
 def lr_at(cfg: VAETrainConfig, step: int) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
+    return schedule.lr_at(step, cfg.lr, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
 
 
 class VAETrainer:

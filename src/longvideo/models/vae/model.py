@@ -86,6 +86,11 @@ class VAEConfig:
     dropout: float = 0.0
     scaling_factor: float = 1.0  # latents for the DiT: (z - shift) * scale
     shift_factor: float = 0.0
+    # per-channel statistics of the latents (Wan 2.1's VAE does the same): when set, the DiT sees
+    # (z - mean_c) / std_c * scaling_factor - a global scale would leave low-variance channels (which carry
+    # detail) buried under the noise until the last sampling steps
+    latents_mean: list[float] = field(default_factory=list)
+    latents_std: list[float] = field(default_factory=list)
 
     def validate(self) -> VAEConfig:
         n = len(self.channel_mult)
@@ -108,6 +113,13 @@ class VAEConfig:
             raise ValueError("slice_encode / slice_decode are mini-batch sizes (0: whole clip)")
         if self.slice_feature_sharing and not self.slice_decode:
             raise ValueError("slice_feature_sharing needs slice_decode (the decoder's mini-batch size)")
+        for stats in (self.latents_mean, self.latents_std):
+            if stats and len(stats) != self.latent_channels:
+                raise ValueError(
+                    f"latents_mean / latents_std need {self.latent_channels} values (one per channel)"
+                )
+        if any(s <= 0 for s in self.latents_std):
+            raise ValueError("latents_std values must be > 0")
         for c in (self.base_channels * m for m in self.channel_mult):
             if c % self.norm_groups:
                 raise ValueError(f"channels {c} not divisible by norm_groups {self.norm_groups}")

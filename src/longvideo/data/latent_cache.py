@@ -1,0 +1,130 @@
+"""Precomputed VAE latents for DiT training: encode once, train many epochs without the VAE.
+
+    DIR/cache.json                  what the cache holds: source, VAE config, count, shard size
+    DIR/shard_000000.safetensors    {"latents": (N, C, K, h, w)} raw mode latents (unscaled), float16
+    DIR/shard_000000.jsonl          one row per latent: caption (+ the source's metadata)
+
+Latents are stored unscaled, so a change of the VAE's latent statistics does not need a re-encode. Each
+shard is written under a temporary name and renamed, so an interrupted build resumes at the first missing
+shard; `cache.json` is compared on a rerun and a cache of other settings is refused, never mixed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from longvideo.data.shapes import ShapesConfig, sample_video, video_rng
+from longvideo.errors import UserError
+from longvideo.models.vae.model import CausalVAE
+
+Item = tuple[torch.Tensor, dict]  # (pixels (3, T, H, W) in [-1, 1], row with at least "caption")
+
+
+def shapes_items(cfg: ShapesConfig, seed: int) -> Callable[[int], Item]:
+    """Item i of the shapes world (frames from 0, so the caption's motion holds from the first frame)."""
+
+    def item(i: int) -> Item:
+        video = sample_video(cfg, video_rng(seed, i))
+        row = {"caption": video.caption, "index": i, "background": video.background}
+        return video.render_tensor(cfg.num_frames), row
+
+    return item
+
+
+def build_latent_cache(
+    out: str | Path,
+    vae: CausalVAE,
+    items: Callable[[int], Item],
+    n: int,
+    source: dict,
+    shard_size: int = 256,
+    batch: int = 16,
+    progress: bool = True,
+) -> Path:
+    """Encode items 0..n-1 into shards under `out` (resumable). `source` describes the items (JSON) and is
+    part of the identity check."""
+    if n < 1 or shard_size < 1 or batch < 1:
+        raise UserError("latent cache: n, shard_size and batch must be >= 1")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    info = {"source": source, "vae": asdict(vae.cfg), "n": n, "shard_size": shard_size, "format": 1}
+    meta = out / "cache.json"
+    if meta.exists():
+        if json.loads(meta.read_text()) != info:
+            raise UserError(f"{out} holds a latent cache of other settings: choose another folder")
+    else:
+        _atomic_write_text(meta, json.dumps(info, indent=1))
+    shards = range((n + shard_size - 1) // shard_size)
+    bar = tqdm(total=n, desc="encode latents", unit="clip", disable=not progress)
+    vae = vae.eval()
+    for s in shards:
+        lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
+        name = out / f"shard_{s:06d}"
+        if name.with_suffix(".safetensors").exists():
+            bar.update(hi - lo)
+            continue
+        latents, rows = [], []
+        for b in range(lo, hi, batch):
+            got = [items(i) for i in range(b, min(hi, b + batch))]
+            with torch.no_grad():
+                z = vae.encode(torch.stack([x for x, _ in got])).mode()
+            latents.append(z.to(torch.float16))
+            rows += [r for _, r in got]
+            bar.update(len(got))
+        tmp = name.with_name(name.name + f".tmp{os.getpid()}")
+        _atomic_write_text(name.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
+        save_file({"latents": torch.cat(latents).contiguous()}, str(tmp))
+        os.replace(tmp, name.with_suffix(".safetensors"))  # last: its presence marks a complete shard
+    bar.close()
+    return out
+
+
+class LatentCache(torch.utils.data.Dataset):
+    """The cache as a dataset: item i -> (latents (C, K, h, w) float32, caption). Loads every shard into
+    memory (the shapes model's 12k clips are ~220 MB in float16)."""
+
+    def __init__(self, folder: str | Path):
+        folder = Path(folder)
+        meta = folder / "cache.json"
+        if not meta.is_file():
+            raise UserError(f"no latent cache at {str(folder)!r} (expected cache.json)")
+        info = json.loads(meta.read_text())
+        files = sorted(folder.glob("shard_*.safetensors"))
+        expected = (info["n"] + info["shard_size"] - 1) // info["shard_size"]
+        if len(files) != expected:
+            raise UserError(f"latent cache {folder} is incomplete: {len(files)} of {expected} shards")
+        self.info = info
+        self.latents = torch.cat([load_file(str(f))["latents"] for f in files])
+        self.rows: list[dict] = []
+        for f in files:
+            self.rows += [json.loads(line) for line in f.with_suffix(".jsonl").read_text().splitlines()]
+        if len(self.rows) != len(self.latents):
+            raise UserError(f"latent cache {folder}: {len(self.rows)} rows for {len(self.latents)} latents")
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
+        return self.latents[i].float(), self.rows[i]["caption"]
+
+    def channel_stats(self, limit: int = 4096) -> tuple[list[float], list[float]]:
+        """Per-channel mean and std of (up to `limit`) latents: for VAEConfig.latents_mean / latents_std."""
+        z = self.latents[:limit].float().transpose(0, 1).flatten(1)
+        return z.mean(1).tolist(), z.std(1).tolist()
+
+    def captions(self) -> Sequence[str]:
+        return [r["caption"] for r in self.rows]
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
