@@ -17,7 +17,6 @@ from longvideo.errors import UserError
 
 # Commands of DESIGN.md §3 that are not built yet, and the issue that brings them.
 PENDING = {
-    "curate": "the data-curation pipeline (issue #7)",
     "convert": "the checkpoint converters (issue #8)",
     "serve": "the web UI",
 }
@@ -65,9 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config")
     t.add_argument("overrides", nargs="*", metavar="key=value")
 
-    sub.add_parser("curate", help="curate raw videos into a training manifest").add_argument(
-        "inputs", nargs="*"
-    )
+    _add_curate(sub)
     sub.add_parser("convert", help="convert a published checkpoint").add_argument("args", nargs="*")
     sub.add_parser("serve", help="web UI")
 
@@ -75,6 +72,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_bench(sub)
     return p
+
+
+def _add_curate(sub) -> None:
+    c = sub.add_parser(
+        "curate",
+        help="curate raw videos into a training manifest",
+        description="Probe, split into clips, score and filter videos: OUT/manifest.jsonl (one row per clip, "
+        "paths relative to OUT, keep + drop_reason), OUT/errors.jsonl (inputs that failed), clip files under "
+        "OUT/clips/. Reruns resume. Steps: probe split stitch static motion text watermark aesthetic caption "
+        "(default: probe,split,static,motion,text). Machines: run `--shard i/n` with the same INPUTs into "
+        "one OUT per shard, then `longvideo curate --merge OUT_0 OUT_1 ... -o OUT`.",
+    )
+    c.add_argument("inputs", nargs="*", metavar="INPUT", help="video files or folders (searched recursively)")
+    c.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
+    c.add_argument("--steps", type=_str_list, help="comma list of steps (probe always runs)")
+    c.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    c.add_argument("--shard", metavar="i/n", help="process only shard i of n (0-based) of the sorted inputs")
+    c.add_argument("--config", metavar="YAML", help="a CurateConfig YAML (thresholds of every step)")
+    c.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set motion.min_flow_top5=1.0 (repeatable)",
+    )
+    c.add_argument(
+        "--merge", action="store_true", help="the INPUTs are shard output folders: join them into OUT"
+    )
+    c.add_argument("--retry-errors", action="store_true", help="process again the inputs in errors.jsonl")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _add_data(sub) -> None:
@@ -142,6 +169,35 @@ def _int_list(s: str) -> list[int]:
 
 
 # ----------------------------------------------------------------------------- commands
+
+
+def cmd_curate(a) -> None:
+    if a.merge:
+        from longvideo.curate.manifest import merge
+
+        print(json.dumps(merge(a.inputs, a.output), indent=1))
+        return
+    from longvideo.config import load_config
+    from longvideo.curate.config import CurateConfig
+    from longvideo.curate.run import curate, parse_shard
+
+    if not a.inputs:
+        raise UserError("curate: give at least one INPUT (a video file or a folder)")
+    overrides = list(a.set)
+    cfg = load_config(CurateConfig, a.config, overrides)
+    if a.steps is not None:
+        cfg.steps = a.steps
+    shard = parse_shard(a.shard) if a.shard else (0, 1)
+    summary = curate(
+        a.inputs,
+        a.output,
+        cfg,
+        workers=a.workers,
+        shard=shard,
+        progress=not a.no_progress,
+        retry_errors=a.retry_errors,
+    )
+    print(json.dumps(summary, indent=1))
 
 
 def cmd_data_shapes(a) -> None:
@@ -308,6 +364,8 @@ def _dispatch(a) -> None:
         return cmd_data_shapes(a)
     if a.command == "train":
         return cmd_train(a)
+    if a.command == "curate":
+        return cmd_curate(a)
     if a.command == "eval":
         return cmd_eval_recon(a) if a.eval_command == "recon" else cmd_eval_shapes(a)
     if a.command == "bench":
