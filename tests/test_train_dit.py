@@ -201,3 +201,17 @@ def test_cli_bad_key_is_one_line(tmp_path):
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1 and "nope" in run.stderr
+
+
+def test_manifest_source_trains_on_buckets(tmp_path, tiny_vae):
+    from longvideo.data.shapes import ShapesConfig
+    from longvideo.data.shapes_dataset import write_shapes_dataset
+
+    write_shapes_dataset(tmp_path / "data", 6, ShapesConfig(height=48, width=48, num_frames=9), seed=3,
+                         progress=False)  # fmt: skip
+    tr = DiTTrainer(_cfg(tmp_path / "m", tiny_vae, "''", steps=2, batch_size=2, **{
+        "data.source": "manifest", "data.manifest": str(tmp_path / "data" / "manifest.jsonl"),
+        "data.buckets": "[[5,48,48],[9,48,48]]"}))  # fmt: skip
+    assert set(tr.batches.dataset.buckets) == {(9, 48, 48)}
+    res = tr.fit(progress=False)
+    assert res["steps"] == 2 and all(torch.isfinite(torch.tensor(_losses(tmp_path / "m"))))

@@ -57,7 +57,7 @@ class DiTDataConfig:
     source: str = "shapes"  # "shapes": the shapes world | "manifest": a manifest.jsonl (data/manifest.py)
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
     seed: int = 1  # shapes: video i is video_rng(seed, i)
-    num_videos: int = 8192  # shapes: the training set (held-out pairs left out unless shapes.include_...)
+    num_videos: int = 6144  # shapes: the training set (held-out pairs left out unless shapes.include_...)
     cache: str = ""  # latent cache folder, built on first use (data/latent_cache.py); "" = encode each batch
     manifest: str = ""  # source "manifest": the manifest.jsonl
     buckets: list[list[int]] = field(default_factory=list)  # manifest: (frames, height, width) buckets

@@ -41,7 +41,7 @@ class LatentBatches:
         self.cfg, self.env, self.vae, self.text_encoder = cfg, env, vae.eval(), text_encoder
         d = cfg.data
         self.cache: LatentCache | None = None
-        self.items = None
+        self.items = self.sampler = None
         if d.source == "shapes":
             items = shapes_items(d.shapes, d.seed)
             if d.cache:
@@ -55,8 +55,19 @@ class LatentBatches:
             else:
                 self.items = items
             self.size = d.num_videos
-        else:
-            raise UserError("data.source 'manifest' needs data/manifest.py (not in this build yet)")
+        else:  # a manifest of videos/images in several sizes: bucketed, encoded batch by batch
+            from longvideo.data.buckets import BucketSampler
+            from longvideo.data.manifest import ManifestConfig, ManifestDataset
+
+            if not d.manifest:
+                raise UserError("data.source 'manifest' needs data.manifest (a manifest.jsonl)")
+            mcfg = ManifestConfig(fps=d.fps or None, seed=d.seed)
+            if d.buckets:
+                mcfg.buckets = [list(b) for b in d.buckets]
+            self.dataset = ManifestDataset(d.manifest, mcfg)
+            per_rank = cfg.batch_size // env.world_size
+            self.sampler = BucketSampler(self.dataset.buckets, per_rank, env.world_size, seed=d.seed)
+            self.size = len(self.dataset)
         self._text: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.empty_text = self.text("")
 
@@ -68,7 +79,9 @@ class LatentBatches:
         return self._text[caption]
 
     def global_batch(self, step: int) -> list[int]:
-        """Item indices of global batch `step` (B = cfg.batch_size)."""
+        """Item indices of global batch `step` (B = cfg.batch_size; rank r takes slice r of B / world)."""
+        if self.sampler is not None:
+            return self.sampler.batch_at(step)[1]
         b, n = self.cfg.batch_size, self.size
         out = []
         for p in range(step * b, (step + 1) * b):
@@ -82,7 +95,11 @@ class LatentBatches:
             z = torch.stack([self.cache[i][0] for i in indices])
             captions = [self.cache.rows[i]["caption"] for i in indices]
         else:
-            got = [self.items(i) for i in indices]
+            if self.sampler is not None:  # clip starts drawn per (item, epoch)
+                epoch = self.sampler.batch_at(step)[0]
+                got = [(r["pixels"], r) for r in (self.dataset[(i, epoch)] for i in indices)]
+            else:
+                got = [self.items(i) for i in indices]
             with torch.no_grad():
                 x = torch.stack([px for px, _ in got]).to(next(self.vae.parameters()).device)
                 z = self.vae.encode(x).mode().float().cpu()

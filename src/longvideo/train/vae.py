@@ -113,7 +113,10 @@ class VAETrainer:
                 m.requires_grad_(False)
         params = [p for p in self.vae.parameters() if p.requires_grad]
         self.opt = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas))
-        self.ema = EMA(self.vae, cfg.ema_decay)
+        # EMA over the trained parameters only: a decoder-only stage keeps the encoder (the latent space a
+        # DiT was trained on) bit-identical
+        trained = [n for n, p in self.vae.named_parameters() if p.requires_grad]
+        self.ema = EMA(self.vae, cfg.ema_decay, keys=trained)
         self.lpips = None
         if cfg.lpips_weights:
             from longvideo.eval.metrics import LPIPS
@@ -211,5 +214,6 @@ class VAETrainer:
     def export(self, folder: str | Path) -> Path:
         """The EMA weights as a VAE folder (what `load_vae` and pipelines read)."""
         vae = CausalVAE(self.cfg.model)
+        vae.load_state_dict(self.vae.state_dict())  # frozen parts as they are
         self.ema.copy_to(vae)
         return save_vae(vae, folder, dtype=getattr(torch, self.cfg.export_dtype))
