@@ -79,7 +79,7 @@ def test_data_shapes_held_out_only(tmp_path, capsys):
         ),
         (["eval", "shapes", "--manifest", "{tmp}/nope.jsonl"], "manifest not found"),
         (["eval", "shapes"], "exactly one of"),
-        (["generate", "a red circle"], "not available yet"),
+        (["generate", "a red circle", "--model", "nope"], "no pipeline 'nope'"),
         (["train", "{tmp}/x.yaml"], "config file not found"),
         (["eval", "recon", "--frames", "10"], "--frames"),
         (["frobnicate"], "invalid choice"),

@@ -51,7 +51,19 @@ def test_models_json(capsys):
     assert code == 0 and "osp-v1.2" in out and "2771.9M" in out
 
 
-def test_generate_without_bundled_model(capsys, tmp_path):
+def test_generate_uses_the_bundled_model_by_default(capsys, tmp_path):
+    out = tmp_path / "x.mp4"
+    prompt = "a large red circle moving right quickly on a black background"
+    code, stdout, _ = run(capsys, "generate", prompt, "--frames", "9", "--steps", "2", "-o", out)
+    assert code == 0 and json.loads(stdout.strip().splitlines()[-1])["frames"] == 9
+    info = probe(out)
+    assert (info.num_frames, info.height, info.width) == (9, 64, 64)
+
+
+def test_generate_without_bundled_model(capsys, tmp_path, monkeypatch):
+    import longvideo.pipelines.folder as folder
+
+    monkeypatch.setattr(folder, "ASSETS", tmp_path / "no_assets")
     code, _, err = run(capsys, "generate", "a red circle", "-o", tmp_path / "x.mp4")
     assert_one_line_error(code, err, "bundled model 'shapes' is not installed in this build")
     assert not (tmp_path / "x.mp4").exists()

@@ -1,19 +1,18 @@
-"""The seeds' DiTs are expressible exactly by VideoDiT: each parity fixture (a tiny random instance of the
-seed's own class, see the fixtures README) is loaded through a minimal key map and must reproduce the seed's
-outputs. This guards the architecture; the converters for published checkpoints belong in convert/.
+"""The seeds' DiTs through our converters (longvideo.convert.{osp,easyanimate,vchitect}_dit): each parity
+fixture (a tiny random instance of the seed's own class, see the fixtures README) is converted from its
+config and state dict alone and must reproduce the seed's outputs (float32, max abs difference <= 1e-4).
 
 Fixtures are found through $LONGVIDEO_FIXTURES (default: `../shared/fixtures` next to the repository root).
 """
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
 
-from longvideo.models.dit import DiTConfig, build_dit
-from longvideo.models.dit.layers import abs_pos_embed
+from longvideo.convert.easyanimate_dit import easyanimate_dit_config, load_easyanimate_dit
+from longvideo.convert.osp_dit import load_osp_dit, osp_dit_config
+from longvideo.convert.vchitect_dit import load_vchitect_dit, vchitect_dit_config
 from seed_fixtures import FIXTURES, has_fixture, load_fixture
 
 
@@ -24,18 +23,11 @@ def fixture(name: str):
     return meta["config"], sd, io
 
 
-def load_exact(cfg: DiTConfig, sd: dict[str, torch.Tensor]):
-    model = build_dit(cfg)  # meta
-    own = model.state_dict()
-    assert set(sd) == set(own), (sorted(set(own) - set(sd))[:4], sorted(set(sd) - set(own))[:4])
-    assert all(sd[k].shape == own[k].shape for k in sd)
-    model.load_state_dict(sd, assign=True)
-    return model.eval()
-
-
-def conv2d_to_3d(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The seeds patchify frames with a Conv2d: our Conv3d kernel with temporal size 1."""
-    return {**sd, "pos_embed.proj.weight": sd["pos_embed.proj.weight"][:, :, None]}
+def check(name: str, out: torch.Tensor, ref: torch.Tensor) -> None:
+    assert out.shape == ref.shape
+    err = (out - ref).abs().max().item()
+    print(f"{name}: max abs diff {err:.2e}")
+    assert err <= 1e-4
 
 
 @pytest.fixture(autouse=True)
@@ -49,100 +41,36 @@ def _one_thread():
 @torch.no_grad()
 def test_open_sora_plan_v1_2():
     c, sd, io = fixture("osp_v1_2_dit")
-    cfg = DiTConfig(
-        family="full3d",
-        in_channels=c["in_channels"],
-        num_layers=c["num_layers"],
-        num_heads=c["num_attention_heads"],
-        head_dim=c["attention_head_dim"],
-        text_dim=c["caption_channels"],
-        patch_size=[c["patch_size_t"], c["patch_size"], c["patch_size"]],
-        rope_scale=[c[f"interpolation_scale_{a}"] for a in "thw"],
-    )
-    model = load_exact(cfg, conv2d_to_3d(sd))  # same key names as the seed
-    # the seed takes text as (B, 1, L, C) and its mask as (B, 1, L)
+    model = load_osp_dit(c, sd)
+    cfg = osp_dit_config(c)
+    assert (cfg.family, cfg.patch_size, cfg.rope_scale) == ("full3d", [1, 2, 2], [1.0, 1.0, 1.0])
+    # the seed takes text as (B, 1, L, C) and its mask as (B, 1, L), 1 = keep
     text, mask = io["encoder_hidden_states"][:, 0], io["encoder_attention_mask"][:, 0]
-    out = model(io["x"], io["timestep"], text, mask)
-    torch.testing.assert_close(out, io["out"], rtol=0, atol=1e-4)
+    check("osp_v1_2_dit", model(io["x"], io["timestep"], text, mask), io["out"])
 
 
 @pytest.mark.parametrize("version", ["v1", "v3"])
 @torch.no_grad()
 def test_easyanimate(version):
     c, sd, io = fixture(f"easyanimate_{version}_dit")
-    mm = c.get("motion_module_kwargs") or c["motion_module_kwargs_even"]
-    odd = c.get("motion_module_kwargs_odd", {}).get("attention_block_types", [])
-    cfg = DiTConfig(
-        family="motion",
-        in_channels=c["in_channels"],
-        learn_sigma=c["out_channels"] == 2 * c["in_channels"],
-        num_layers=c["num_layers"],
-        num_heads=c["num_attention_heads"],
-        head_dim=c["attention_head_dim"],
-        text_dim=c["caption_channels"],
-        abs_pos_embed="pixart",
-        pos_embed_base=c["sample_size"] // c["patch_size"],
-        pos_embed_interp=max(c["sample_size"] // 64, 1),
-        uvit_skips=13 if c["enable_uvit"] else 0,  # EasyAnimate's U-ViT is fixed at 13 skips over 28 blocks
-        motion_heads=mm["num_attention_heads"],
-        motion_layers=mm["num_transformer_block"],
-        motion_attn=[a.split("_")[0].lower() for a in mm["attention_block_types"]],
-        motion_attn_odd=[a.split("_")[0].lower() for a in odd],
-        motion_grid=mm["block_size"] if c["motion_module_type"] == "VanillaGrid" else 1,
-        motion_norm_groups=c["norm_num_groups"],
-    )
-    ours = {
-        k.replace("attn_temporal.temporal_transformer.", "attn_temporal."): v
-        for k, v in conv2d_to_3d(sd).items()
-        if not k.endswith("pos_encoder.pe")  # its sinusoid table: computed on the fly here
-    }
-    model = load_exact(cfg, ours)
+    model = load_easyanimate_dit(c, sd)
+    cfg = easyanimate_dit_config(c)
+    assert cfg.learn_sigma and cfg.family == "motion"
+    if version == "v1":
+        assert (cfg.motion_grid, cfg.uvit_skips, cfg.motion_attn_odd) == (2, 0, [])
+    else:
+        assert (cfg.motion_grid, cfg.uvit_skips, cfg.motion_attn_odd) == (1, 13, ["temporal", "global"])
     out = model(io["x"], io["timestep"], io["encoder_hidden_states"], io["encoder_attention_mask"])
-    torch.testing.assert_close(out, io["out"], rtol=0, atol=1e-4)
-
-
-def _swap_halves(w: torch.Tensor) -> torch.Tensor:
-    """SD3's AdaLayerNormContinuous emits (scale, shift); ours (shift, scale)."""
-    return torch.cat(w.chunk(2, dim=0)[::-1], dim=0)
+    check(f"easyanimate_{version}_dit", out, io["out"])
 
 
 @torch.no_grad()
 def test_vchitect_2():
     c, sd, io = fixture("vchitect_2_dit")
-    base, size = c["sample_size"] // c["patch_size"], c["pos_embed_max_size"]
-    cfg = DiTConfig(
-        family="parallel",
-        in_channels=c["in_channels"],
-        num_layers=c["num_layers"],
-        num_heads=c["num_attention_heads"],
-        head_dim=c["attention_head_dim"],
-        text_dim=c["joint_attention_dim"],
-        text_stream=True,
-        adaln="zero",
-        caption_proj="linear",
-        pooled_dim=c["pooled_projection_dim"],
-        abs_pos_embed="sd3",
-        pos_embed_base=base,
-        pos_embed_max=size,
-    )
-    d, last = cfg.dim, f"transformer_blocks.{cfg.num_layers - 1}."
-    table = abs_pos_embed("sd3", d, size, size, base, 1.0, size, torch.device("cpu"))
-    torch.testing.assert_close(sd["pos_embed.pos_embed"][0], table, rtol=0, atol=1e-6)  # computed here
-    ours = {}
-    for k, v in conv2d_to_3d(sd).items():
-        if k == "pos_embed.pos_embed":
-            continue
-        if k.startswith(last) and re.search("add_q_proj|to_add_out_temporal", k):
-            continue  # the last block's text outputs are discarded: our last block does not compute them
-        if k.startswith((f"{last}norm1_context", "norm_out")):
-            v = _swap_halves(v)
-        if re.search(r"attn\.(to_out\.0|to_add_out)\.weight", k):
-            v = v * 1.1  # Vchitect scales the spatial branch by 1.1 before these projections ...
-        if re.search(r"attn\.to_out_context\.", k):
-            v = v / 1.1  # ... and adds the cross branch after: folded into the weights
-        ours[k] = v
-    model = load_exact(cfg, ours)
+    model = load_vchitect_dit(c, sd)
+    cfg = vchitect_dit_config(c)
+    assert (cfg.family, cfg.adaln, cfg.text_stream, cfg.pooled_dim) == ("parallel", "zero", True, 20)
     # the seed runs batch 1 with frames first, (1, F, C, H, W) -> (F, C, H, W), and no text mask
     x, text = io["x"].transpose(1, 2), io["encoder_hidden_states"]
     out = model(x, io["timestep"], text, pooled=io["pooled_projections"])
-    torch.testing.assert_close(out[0].transpose(0, 1), io["out"], rtol=0, atol=1e-4)
+    check("vchitect_2_dit", out[0].transpose(0, 1), io["out"])

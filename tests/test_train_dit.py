@@ -215,3 +215,17 @@ def test_manifest_source_trains_on_buckets(tmp_path, tiny_vae):
     assert set(tr.batches.dataset.buckets) == {(9, 48, 48)}
     res = tr.fit(progress=False)
     assert res["steps"] == 2 and all(torch.isfinite(torch.tensor(_losses(tmp_path / "m"))))
+
+
+def test_bf16_autocast_checkpointing_and_tensorboard(tmp_path, tiny_vae, cache):
+    out = tmp_path / "bf"
+    tr = DiTTrainer(_cfg(out, tiny_vae, cache, steps=2, mixed_precision="bf16", activation_checkpointing=True,
+                         tensorboard=True))  # fmt: skip
+    tr.fit(progress=False)
+    losses = _losses(out)
+    assert len(losses) == 2 and all(0 < x < 10 for x in losses)
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    # activation checkpointing recomputes, it does not change the result
+    DiTTrainer(_cfg(tmp_path / "a", tiny_vae, cache, steps=2, activation_checkpointing=True)).fit(progress=False)
+    DiTTrainer(_cfg(tmp_path / "b", tiny_vae, cache, steps=2)).fit(progress=False)
+    assert _losses(tmp_path / "a") == pytest.approx(_losses(tmp_path / "b"), rel=1e-6)
