@@ -99,7 +99,7 @@ def test_generate_from_image(capsys, tmp_path, tiny_dir):
     "args, needle",
     [
         (["--height", "40"], "height 40 is not a multiple of 16"),
-        (["--frames", "0"], "frames must be an integer >= 1"),
+        (["--frames", "0"], "--frames: must be >= 1, got 0"),
         (["--image", "{tmp}/missing.png"], "missing.png"),
         (["--steps", "0"], "steps must be an integer >= 1"),
     ],

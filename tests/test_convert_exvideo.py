@@ -10,17 +10,20 @@ compared. Fixtures are found through $LONGVIDEO_FIXTURES (default ../shared/fixt
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from longvideo.convert import exvideo_svd as ex
 from longvideo.errors import UserError
-from seed_fixtures import FIXTURES, has_fixture, load_fixture
+from seed_fixtures import FIXTURES
 
 pytest.importorskip("diffusers")
-from diffusers import UNetSpatioTemporalConditionModel  # noqa: E402
-from diffusers.models.transformers.transformer_temporal import TransformerSpatioTemporalModel  # noqa: E402
+from diffusers import UNetSpatioTemporalConditionModel
+from diffusers.models.transformers.transformer_temporal import TransformerSpatioTemporalModel
 
 
 @pytest.fixture(autouse=True)
@@ -32,13 +35,13 @@ def _one_thread():
 
 
 def _fixture(kind: str):
-    name = f"exvideo_temporal_block_{kind}"
-    if not has_fixture(name) and not (FIXTURES / "exvideo_temporal_block.json").is_file():
+    name = f"exvideo_temporal_block_{kind}"  # one json for both, then NAME.safetensors + NAME.io.safetensors
+    files = [
+        FIXTURES / "exvideo_temporal_block.json",
+        *(FIXTURES / f"{name}{e}" for e in (".safetensors", ".io.safetensors")),
+    ]
+    if not all(f.is_file() for f in files):
         pytest.skip(f"ExVideo fixture {name} not found in {FIXTURES} (set LONGVIDEO_FIXTURES)")
-    import json
-
-    from safetensors.torch import load_file
-
     meta = json.loads((FIXTURES / "exvideo_temporal_block.json").read_text())
     sd = load_file(str(FIXTURES / f"{name}.safetensors"))
     io = load_file(str(FIXTURES / f"{name}.io.safetensors"))
@@ -76,7 +79,7 @@ def _run_temporal(tsm: TransformerSpatioTemporalModel, x: torch.Tensor, text: to
 @pytest.mark.parametrize("kind", ["base", "extended"])
 @torch.no_grad()
 def test_fixture_parity(kind, monkeypatch):
-    meta, spec, sd, io = _fixture(kind)
+    _, spec, sd, io = _fixture(kind)
     assert io["x"].shape[0] == spec["frames"]
     tsm = _tsm(spec["config"], monkeypatch)
     converted = ex.convert_block(sd)
@@ -86,7 +89,9 @@ def test_fixture_parity(kind, monkeypatch):
     missing, unexpected = tsm.load_state_dict(converted, strict=False)
     assert not unexpected
     # what the fixture does not hold: the spatial path and the time mixer, bypassed here
-    assert all(k.startswith(("transformer_blocks.", "proj_in", "proj_out", "norm.", "time_mixer")) for k in missing)
+    assert all(
+        k.startswith(("transformer_blocks.", "proj_in", "proj_out", "norm.", "time_mixer")) for k in missing
+    )
     out = _run_temporal(tsm, io["x"], io["text_emb"])
     err = (out - io["out"]).abs().max().item()
     print(f"exvideo_temporal_block_{kind}: max abs diff {err:.2e}")
@@ -114,9 +119,11 @@ def _tiny_unet() -> UNetSpatioTemporalConditionModel:
 def _unet_inputs(frames: int):
     g = torch.Generator().manual_seed(1)
     return dict(
-        sample=torch.randn(1, frames, 8, 8, 8, generator=g), timestep=torch.tensor(10.0),
-        encoder_hidden_states=torch.randn(1, 1, 16, generator=g), added_time_ids=torch.randn(1, 3, generator=g),
-    )  # fmt: skip
+        sample=torch.randn(1, frames, 8, 8, 8, generator=g),
+        timestep=torch.tensor(10.0),
+        encoder_hidden_states=torch.randn(1, 1, 16, generator=g),
+        added_time_ids=torch.randn(1, 3, generator=g),
+    )
 
 
 @torch.no_grad()
@@ -170,13 +177,16 @@ def _release_like_state_dict() -> dict[str, torch.Tensor]:
             "positional_embedding_proj.0.bias": (4 * c,), "positional_embedding_proj.2.weight": (c, 4 * c),
             "positional_embedding_proj.2.bias": (c,), "act_fn_in.proj.weight": (8 * c, c),
             "act_fn_in.proj.bias": (8 * c,), "ff_in.weight": (c, 4 * c), "ff_in.bias": (c,),
-            "act_fn_out.proj.weight": (8 * c, c), "act_fn_out.proj.bias": (8 * c,), "ff_out.weight": (c, 4 * c),
-            "ff_out.bias": (c,), "attn2.to_k.weight": (c, 1024), "attn2.to_v.weight": (c, 1024),
+            "act_fn_out.proj.weight": (8 * c, c), "act_fn_out.proj.bias": (8 * c,),
+            "ff_out.weight": (c, 4 * c), "ff_out.bias": (c,),
+            "attn2.to_k.weight": (c, 1024), "attn2.to_v.weight": (c, 1024),
         }  # fmt: skip
         for n in ("norm_in", "norm1", "norm2", "norm_out"):
             shapes |= {f"{n}.weight": (c,), f"{n}.bias": (c,)}
         for a in ("attn1", "attn2"):
-            shapes |= {f"{a}.{q}.weight": (c, c) for q in ("to_q", "to_k", "to_v") if f"{a}.{q}.weight" not in shapes}
+            shapes |= {
+                f"{a}.{q}.weight": (c, c) for q in ("to_q", "to_k", "to_v") if f"{a}.{q}.weight" not in shapes
+            }
             shapes |= {f"{a}.to_out.weight": (c, c), f"{a}.to_out.bias": (c,)}
         sd |= {f"blocks.{i}.{k}": torch.empty(s, device="meta") for k, s in shapes.items()}
     return sd
@@ -199,5 +209,31 @@ def test_wrong_files_are_named():
         ex.convert_exvideo_state_dict({"transformer_blocks.0.attn_temporal.x.weight": torch.zeros(1)})
     bad = dict(sd)
     bad["blocks.7.norm_in.weight"] = torch.empty(321, device="meta")
-    with pytest.raises(UserError, match=r"down_blocks.0.attentions.0.temporal_transformer_blocks.0.norm_in.weight"):
+    with pytest.raises(
+        UserError, match=r"down_blocks\.0\.attentions\.0\.temporal_transformer_blocks\.0\.norm_in"
+    ):
         ex.check_against_svd(ex.convert_exvideo_state_dict(bad))
+
+
+def test_cli_writes_the_extension_in_diffusers_names(tmp_path, monkeypatch, capsys):
+    """The release layout with the fixture's (tiny) block at all 16 places; SVD-XT's shapes are not checked
+    here (test_release_layout_maps_onto_svd_xt does that on the meta device)."""
+    from safetensors.torch import save_file
+
+    from longvideo.cli import main
+
+    _, _, block, _ = _fixture("extended")
+    save_file({f"blocks.{i}.{k}": v.clone() for i in ex.SVD_TEMPORAL_BLOCKS for k, v in block.items()},
+              tmp_path / "model.safetensors")  # fmt: skip
+    monkeypatch.setattr(ex, "check_against_svd", lambda sd: 32)
+    assert (
+        main(["convert", "--from", "exvideo-svd", str(tmp_path / "model.safetensors"), str(tmp_path / "x")])
+        == 0
+    )
+    info = json.loads(capsys.readouterr().out)
+    assert (info["num_frames"], info["temporal_blocks"]) == (32, 16)
+    sd = ex.read_extension(tmp_path / "x")
+    assert torch.equal(sd["mid_block.attentions.0.positional_conv.weight"], block["positional_conv.weight"])
+    assert torch.equal(
+        sd["up_blocks.3.attentions.2.time_proj.embeddings"], block["positional_embedding.embeddings"]
+    )

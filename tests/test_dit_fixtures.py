@@ -43,7 +43,8 @@ def test_open_sora_plan_v1_2():
     c, sd, io = fixture("osp_v1_2_dit")
     model = load_osp_dit(c, sd)
     cfg = osp_dit_config(c)
-    assert (cfg.family, cfg.patch_size, cfg.rope_scale) == ("full3d", [1, 2, 2], [1.0, 1.0, 1.0])
+    p, scale = c["patch_size"], [c[f"interpolation_scale_{a}"] for a in "thw"]
+    assert (cfg.family, cfg.patch_size, cfg.rope_scale) == ("full3d", [1, p, p], scale)
     # the seed takes text as (B, 1, L, C) and its mask as (B, 1, L), 1 = keep
     text, mask = io["encoder_hidden_states"][:, 0], io["encoder_attention_mask"][:, 0]
     check("osp_v1_2_dit", model(io["x"], io["timestep"], text, mask), io["out"])
@@ -55,11 +56,12 @@ def test_easyanimate(version):
     c, sd, io = fixture(f"easyanimate_{version}_dit")
     model = load_easyanimate_dit(c, sd)
     cfg = easyanimate_dit_config(c)
-    assert cfg.learn_sigma and cfg.family == "motion"
-    if version == "v1":
-        assert (cfg.motion_grid, cfg.uvit_skips, cfg.motion_attn_odd) == (2, 0, [])
-    else:
-        assert (cfg.motion_grid, cfg.uvit_skips, cfg.motion_attn_odd) == (1, 13, ["temporal", "global"])
+    assert cfg.learn_sigma == (c["out_channels"] == 2 * c["in_channels"]) and cfg.family == "motion"
+    assert cfg.uvit_skips == (13 if c["enable_uvit"] else 0)
+    if version == "v1":  # VanillaGrid
+        assert (cfg.motion_grid, cfg.motion_attn_odd) == (c["motion_module_kwargs"]["block_size"], [])
+    else:  # even / odd motion modules, the odd ones with global attention
+        assert (cfg.motion_grid, cfg.motion_attn_odd) == (1, ["temporal", "global"])
     out = model(io["x"], io["timestep"], io["encoder_hidden_states"], io["encoder_attention_mask"])
     check(f"easyanimate_{version}_dit", out, io["out"])
 
@@ -69,7 +71,8 @@ def test_vchitect_2():
     c, sd, io = fixture("vchitect_2_dit")
     model = load_vchitect_dit(c, sd)
     cfg = vchitect_dit_config(c)
-    assert (cfg.family, cfg.adaln, cfg.text_stream, cfg.pooled_dim) == ("parallel", "zero", True, 20)
+    assert (cfg.family, cfg.adaln, cfg.text_stream) == ("parallel", "zero", True)
+    assert cfg.pooled_dim == c["pooled_projection_dim"]
     # the seed runs batch 1 with frames first, (1, F, C, H, W) -> (F, C, H, W), and no text mask
     x, text = io["x"].transpose(1, 2), io["encoder_hidden_states"]
     out = model(x, io["timestep"], text, pooled=io["pooled_projections"])

@@ -147,6 +147,17 @@ def test_image_starts_a_long_video_and_cond_noise(pipe, record):
     assert torch.equal(record["cond"][0][:, c], clean_conds[0][:, c])  # the mask is unchanged
 
 
+def test_errors(pipe):
+    with pytest.raises(UserError, match=r"clip \(13 frames\) is longer than the window \(9 frames\)"):
+        pipe(PROMPT, known=torch.zeros(1, 3, 13, 32, 32), frames=30, **FAST)
+    with pytest.raises(UserError, match="window must be an integer >= 1"):
+        pipe(PROMPT, window=0, **FAST)
+    no_cond = tiny_pipeline(cond=False)
+    with pytest.raises(UserError, match="no conditioning channels: it cannot continue a window"):
+        no_cond(PROMPT, frames=20, **FAST)
+    assert no_cond(PROMPT, frames=20, overlap=0, **FAST).shape[2] == 20  # independent windows
+
+
 def _live_tensor_bytes() -> int:
     tensors = [o for o in gc.get_objects() if issubclass(type(o), torch.Tensor)]  # type(): no lazy lookups
     return sum(t.untyped_storage().nbytes() for t in tensors)

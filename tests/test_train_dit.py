@@ -226,6 +226,7 @@ def test_bf16_autocast_checkpointing_and_tensorboard(tmp_path, tiny_vae, cache):
     assert len(losses) == 2 and all(0 < x < 10 for x in losses)
     assert list((out / "tb").glob("events.out.tfevents.*"))
     # activation checkpointing recomputes, it does not change the result
-    DiTTrainer(_cfg(tmp_path / "a", tiny_vae, cache, steps=2, activation_checkpointing=True)).fit(progress=False)
+    ckpt = _cfg(tmp_path / "a", tiny_vae, cache, steps=2, activation_checkpointing=True)
+    DiTTrainer(ckpt).fit(progress=False)
     DiTTrainer(_cfg(tmp_path / "b", tiny_vae, cache, steps=2)).fit(progress=False)
     assert _losses(tmp_path / "a") == pytest.approx(_losses(tmp_path / "b"), rel=1e-6)

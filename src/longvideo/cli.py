@@ -17,7 +17,6 @@ from longvideo.errors import UserError
 
 # Commands of DESIGN.md §3 that are not built yet, and the issue that brings them.
 PENDING = {
-    "convert": "the checkpoint converters (issue #8)",
     "serve": "the web UI",
 }
 
@@ -36,14 +35,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    g = sub.add_parser("generate", help="generate a video from a prompt (and an image)")
+    g = sub.add_parser("generate", help="generate a video of any length from a prompt (and an image)")
     g.add_argument("prompt")
-    g.add_argument("--image", metavar="PNG", help="first frame (image-to-video), resized/cropped to the size")
+    g.add_argument(
+        "--image",
+        metavar="PNG",
+        help="first frame (image-to-video), resized/cropped to the size; in a long video, the first window's",
+    )
     g.add_argument(
         "--frames",
-        type=int,
-        help="frames >= 1; a count that is not 4k+1 is rounded up to the next 4k+1, generated, and cut "
-        "back to the count asked for (default: the model's)",
+        type=_at_least(1),
+        help="frames >= 1, any number (default: the model's window). A count that is not 4k+1 is rounded "
+        "up to the next 4k+1, generated, and cut back to the count asked for. More than the window: "
+        "generated window after window, each continuing from the last --overlap latent frames of the one "
+        "before, and written as decoded (memory does not grow with the length)",
+    )
+    g.add_argument(
+        "--window",
+        type=_at_least(1),
+        help="frames the model generates at once, rounded up to 4k+1 like --frames (default: the model's, "
+        "e.g. 33 = 9 latent frames)",
+    )
+    g.add_argument(
+        "--overlap",
+        type=_at_least(0),
+        help="latent frames (4 frames each) of one window that the next continues from; less than the "
+        "window's latent frames (default: 2)",
+    )
+    g.add_argument(
+        "--anchor",
+        action="store_true",
+        help="against drift: every window also continues from the video's first latent frame",
+    )
+    g.add_argument(
+        "--cond-noise",
+        type=float,
+        default=0.0,
+        metavar="T",
+        help="against drift: noise the known latent frames to diffusion time T in [0, 1) (default 0 = off; "
+        "only for models trained with it)",
     )
     g.add_argument("--height", type=int, help="a multiple of 16 for the presets (default: the model's)")
     g.add_argument("--width", type=int, help="a multiple of 16 for the presets (default: the model's)")
@@ -65,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", metavar="key=value")
 
     _add_curate(sub)
-    sub.add_parser("convert", help="convert a published checkpoint").add_argument("args", nargs="*")
+    _add_convert(sub)
     sub.add_parser("serve", help="web UI")
 
     _add_data(sub)
@@ -102,6 +132,26 @@ def _add_curate(sub) -> None:
     )
     c.add_argument("--retry-errors", action="store_true", help="process again the inputs in errors.jsonl")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_convert(sub) -> None:
+    from longvideo.convert.sniff import FORMATS
+
+    c = sub.add_parser(
+        "convert",
+        help="convert a seed's published checkpoint into a pipeline folder",
+        description="Read SRC (a source model folder, diffusers-style pipeline folder, or weights file with "
+        "config.json next to it; safetensors, or legacy .pt/.ckpt read with torch.load(weights_only=True)) "
+        "and write the pipeline folder DST: transformer/, vae/ and text_encoder/ + tokenizer/ when the "
+        "source has them (or --vae / --text-encoder), scheduler/. What the source lacks is listed under "
+        "'missing'. exvideo-svd: DST gets the extension in diffusers' names, for SVD-XT.",
+    )
+    c.add_argument("--from", dest="source_format", required=True, choices=FORMATS, metavar="FORMAT",
+                   help=f"the source format: {', '.join(FORMATS)}")  # fmt: skip
+    c.add_argument("src", metavar="SRC")
+    c.add_argument("dst", metavar="DST")
+    c.add_argument("--vae", metavar="DIR", help="the source's VAE folder, if not SRC/vae")
+    c.add_argument("--text-encoder", metavar="DIR", help="a text encoder + tokenizer folder to copy in")
 
 
 def _add_data(sub) -> None:
@@ -328,8 +378,33 @@ def cmd_generate(a) -> None:
         steps=a.steps,
         guidance=a.guidance,
         seed=a.seed,
+        window=a.window,
+        overlap=a.overlap,
+        anchor=a.anchor,
+        cond_noise=a.cond_noise,
     )
     print(json.dumps(summary))
+
+
+def _at_least(low: int):
+    """argparse type: an integer >= low (bad values fail before a model is loaded)."""
+
+    def parse(s: str) -> int:
+        try:
+            n = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+        if n < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {n}")
+        return n
+
+    return parse
+
+
+def cmd_convert(a) -> None:
+    from longvideo.convert.output import convert_source
+
+    print(json.dumps(convert_source(a.source_format, a.src, a.dst, vae=a.vae, text_encoder=a.text_encoder)))
 
 
 def cmd_models(a) -> None:
@@ -360,6 +435,8 @@ def _dispatch(a) -> None:
         return cmd_generate(a)
     if a.command == "models":
         return cmd_models(a)
+    if a.command == "convert":
+        return cmd_convert(a)
     if a.command == "data":
         return cmd_data_shapes(a)
     if a.command == "train":

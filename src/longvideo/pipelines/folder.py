@@ -89,7 +89,14 @@ def from_dict(cls: type[T], data: Any, where: str) -> T:
 def load_parts(
     path_or_name: str | os.PathLike[str], class_name: str, dtype: torch.dtype = torch.float32
 ) -> tuple[CausalVAE, VideoDiT, TextEncoder, dict, str]:
-    """(vae, transformer, text encoder, the scheduler JSON, its path) of a pipeline folder or bundled name."""
+    """(vae, transformer, text encoder, the scheduler JSON, its path) of a pipeline folder or bundled name,
+    or of a seed's source folder (OSP v1.2, EasyAnimate v3), converted in memory (convert/output.py)."""
+    from longvideo.convert.output import load_source_parts  # reads two JSON files when it is not a source
+
+    with _no_transformers_progress():
+        source = load_source_parts(path_or_name, dtype)
+    if source is not None:
+        return source
     root = resolve_pipeline(path_or_name)
     index = read_json(root / "model_index.json")
     if index.get("_class_name") != class_name or not isinstance(index.get("_format"), int):

@@ -33,11 +33,12 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
-def generated_frames(frames: Any, temporal_factor: int, temporal_patch: int = 1) -> int:
+def generated_frames(frames: Any, temporal_factor: int, temporal_patch: int = 1, what: str = "frames") -> int:
     """The frame count actually generated for a request of `frames`: the smallest f*k+1 >= frames whose
-    latent count k+1 is a multiple of the DiT's temporal patch (1 for every preset)."""
+    latent count k+1 is a multiple of the DiT's temporal patch (1 for every preset). `what` names the count
+    in the error (frames, window)."""
     if not _is_int(frames) or frames < 1:
-        raise UserError(f"frames must be an integer >= 1, got {frames!r}")
+        raise UserError(f"{what} must be an integer >= 1, got {frames!r}")
     f = temporal_factor
     latent = -(-(int(frames) - 1) // f) + 1  # ceil((frames - 1) / f) + 1 latent frames
     latent = -(-latent // temporal_patch) * temporal_patch

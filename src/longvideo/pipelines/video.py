@@ -3,12 +3,19 @@
     pipe = VideoPipeline.from_pretrained("shapes")              # or a pipeline folder (folder.py)
     video = pipe("a large red circle moving right quickly on a black background", seed=1)  # (1, 3, T, H, W)
     pipe.generate_to_file("out.mp4", "a small blue square staying still on a white background")
+    pipe.generate_to_file("long.mp4", "a small blue square bouncing around on a navy background",
+                          frames=1025, anchor=True)  # window after window, at constant memory
 
 The three tasks differ only in which latent frames are known (inputs.py): none (T2V), frame 0 (I2V: the
 image encoded as a one-frame video), or the first ones (continuation: a clip's latents). The DiT sees them
 through its `cond` channels [masked-video latents | mask]; the noisy sample itself is never overwritten.
 Known frames condition only through `cond`, as in the inpainting DiTs this follows (EasyAnimate, OSP v1.3):
 re-imposing them on x would put x off the noise path the model was trained on.
+
+A request longer than the window (`defaults.frames`, or `window=`) is generated window after window, each
+later window a continuation of the last latent frames of the one before (windows.py); `generate_to_file`
+decodes the latents as they come through the VAE's stream and writes the frames at once, so memory stays
+constant in the video's length.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import dataclasses
 import functools
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,8 +58,10 @@ from longvideo.pipelines.inputs import (
     unscale_latents,
     video_to_tensor,
 )
+from longvideo.pipelines.windows import WindowPlan, carry, noise_known, rechunk
 
-Callback = Callable[[int, float, Tensor, Tensor], None]  # (step, t, x, x0_hat) after each sampler step
+# (step, t, x, x0_hat) after each sampler step; in a video of several windows, step restarts at 0 per window
+Callback = Callable[[int, float, Tensor, Tensor], None]
 
 
 @dataclass
@@ -92,6 +101,7 @@ class _Request:
     seed: int
     sampler: str
     known: Tensor | None  # (1, 3, T0, H, W) pixels of the known first frames; None for T2V
+    plan: WindowPlan  # latent frames: the whole video, per window, carried from window to window
 
 
 class VideoPipeline:
@@ -190,8 +200,13 @@ class VideoPipeline:
         guidance: float | None = None,
         seed: int = 0,
         sampler: str | None = None,
+        window: int | None = None,
+        overlap: int | None = None,
+        anchor: bool = False,
+        cond_noise: float = 0.0,
         progress: bool = True,
         callback: Callback | None = None,
+        decode_chunk: int = 4,
     ) -> Tensor:
         """Generate one video (1, 3, frames, height, width) in [-1, 1]. Arguments left out (None) take
         the pipeline's `defaults`.
@@ -204,11 +219,19 @@ class VideoPipeline:
         requested count. height / width: multiples of the VAE's spatial factor x the patch size (16 for the
         presets). guidance > 1: classifier-free guidance against `negative_prompt` (default ""), one
         batched model call per step. The same seed gives the same video (a private torch.Generator).
+
+        More frames than `window` (default `defaults.frames`, rounded like `frames`) are generated window
+        after window (windows.py): each later window continues from the last `overlap` latent frames of
+        the one before (default 2, less if the window is shorter; 1 latent frame = f video frames),
+        `anchor` adds the video's first latent frame to every later window's known frames, `cond_noise` (a
+        diffusion time in [0, 1), 0 = off) noises the known frames; an image or clip is known to the first
+        window. This call returns the whole video; for long ones use `generate_to_file`, whose memory does
+        not grow with the length. decode_chunk: latent frames per VAE decoder call.
         """
         req = self._request(prompt, negative_prompt, image, known, frames, height, width, steps, guidance,
-                            seed, sampler)  # fmt: skip
-        z = self._sample(req, progress, callback)
-        return torch.cat(list(self._decode(z, req.frames, chunk=4)), dim=2)
+                            seed, sampler, window, overlap, anchor, cond_noise)  # fmt: skip
+        _check_chunk(decode_chunk)
+        return torch.cat(list(self._frames(req, progress, callback, decode_chunk)), dim=2)
 
     @torch.no_grad()
     def generate_to_file(
@@ -226,6 +249,10 @@ class VideoPipeline:
         guidance: float | None = None,
         seed: int = 0,
         sampler: str | None = None,
+        window: int | None = None,
+        overlap: int | None = None,
+        anchor: bool = False,
+        cond_noise: float = 0.0,
         progress: bool = True,
         callback: Callback | None = None,
         fps: float | None = None,
@@ -233,32 +260,32 @@ class VideoPipeline:
         decode_chunk: int = 4,
     ) -> dict:
         """Generate as `__call__` and write the video (mp4/mkv/mov/gif) while the VAE decodes it
-        `decode_chunk` latent frames at a time: memory stays constant in the frame count (for VAEs that
-        stream exactly, see inputs.decoder_streams). Returns {path, frames, height, width, fps, seed,
-        seconds (wall time)}."""
+        `decode_chunk` latent frames at a time, window after window: memory stays constant in the frame
+        count (for VAEs that stream exactly, see inputs.decoder_streams). Returns {path, frames, height,
+        width, fps, seed, windows, seconds (wall time)}."""
         t0 = time.perf_counter()
         req = self._request(prompt, negative_prompt, image, known, frames, height, width, steps, guidance,
-                            seed, sampler)  # fmt: skip
-        if isinstance(decode_chunk, bool) or not isinstance(decode_chunk, int) or decode_chunk < 1:
-            raise UserError(f"decode_chunk must be an integer >= 1, got {decode_chunk!r}")
+                            seed, sampler, window, overlap, anchor, cond_noise)  # fmt: skip
+        _check_chunk(decode_chunk)
         fps = self.defaults.fps if fps is None else fps
         with VideoWriter(path, fps, quality=quality) as writer:  # opened first: a bad path fails before work
-            z = self._sample(req, progress, callback)
-            for x in self._decode(z, req.frames, chunk=decode_chunk):
+            for x in self._frames(req, progress, callback, decode_chunk):
                 writer.write(to_uint8_frames(x))
         seconds = time.perf_counter() - t0
         return {
             "path": os.fspath(path), "frames": writer.frames_written, "height": req.height,
-            "width": req.width, "fps": float(fps), "seed": req.seed, "seconds": round(seconds, 3),
+            "width": req.width, "fps": float(fps), "seed": req.seed, "windows": req.plan.num_windows,
+            "seconds": round(seconds, 3),
         }  # fmt: skip
 
     # ------------------------------------------------------------------------- the one code path
 
     def _request(
         self, prompt, negative_prompt=None, image=None, known=None, frames=None, height=None, width=None,
-        steps=None, guidance=None, seed=0, sampler=None,
+        steps=None, guidance=None, seed=0, sampler=None, window=None, overlap=None, anchor=False,
+        cond_noise=0.0,
     ) -> _Request:  # fmt: skip
-        d = self.defaults
+        d, f, tp = self.defaults, self.temporal_factor, self.transformer.cfg.patch_size[0]
         if not isinstance(prompt, str) or not prompt.strip():
             raise UserError("the prompt is empty: describe the video to generate")
         negative_prompt = d.negative_prompt if negative_prompt is None else negative_prompt
@@ -266,12 +293,23 @@ class VideoPipeline:
             raise UserError(f"negative_prompt must be a string, got {type(negative_prompt).__name__}")
         if image is not None and known is not None:
             raise UserError("give an image (image-to-video) or a clip to continue (known), not both")
-        if (image is not None or known is not None) and not self.transformer.cfg.cond_channels:
+        cond_channels = self.transformer.cfg.cond_channels
+        if (image is not None or known is not None) and not cond_channels:
             raise UserError(
                 "this model has no conditioning channels: it cannot start from an image or a clip"
             )
         frames = d.frames if frames is None else frames
-        generated = generated_frames(frames, self.temporal_factor, self.transformer.cfg.patch_size[0])
+        generated = generated_frames(frames, f, tp)
+        window = d.frames if window is None else window
+        window_frames = generated_frames(window, f, tp, what="window")
+        plan = WindowPlan.make((generated - 1) // f + 1, (window_frames - 1) // f + 1, overlap, anchor,
+                               cond_noise)  # fmt: skip
+        if plan.num_windows > 1 and plan.carried and not cond_channels:
+            raise UserError(
+                f"this model has no conditioning channels: it cannot continue a window, so it makes at most "
+                f"{window_frames} frames: ask for a longer window, or for independent windows (overlap 0, "
+                "no anchor)"
+            )
         mh, mw = self.size_multiples
         why = f"VAE {self.vae.cfg.spatial_factor}x down-sampling x patch size"
         height = check_size("height", d.height if height is None else height, mh, why)
@@ -291,68 +329,97 @@ class VideoPipeline:
             pixels = fit(image_to_tensor(image), height, width)[:, :, None]  # (1, 3, 1, H, W)
         elif known is not None:
             pixels = fit_video(video_to_tensor(known), height, width)
-            t0, f = pixels.shape[2], self.temporal_factor
+            t0 = pixels.shape[2]
             if (t0 - 1) % f:
                 raise UserError(f"known: a clip to continue needs 1 + a multiple of {f} frames, got {t0}")
             if t0 > frames:
                 raise UserError(
                     f"known: the clip ({t0} frames) is longer than the video to generate ({frames})"
                 )
+            if t0 > window_frames:
+                raise UserError(
+                    f"known: the clip ({t0} frames) is longer than the window ({window_frames} frames)"
+                )
         return _Request(prompt, negative_prompt, int(frames), generated, height, width, steps, guidance,
-                        int(seed), sampler, pixels)  # fmt: skip
+                        int(seed), sampler, pixels, plan)  # fmt: skip
 
     def _model_fn(self, x: Tensor, t: Tensor, **kwargs: Tensor) -> Tensor:
         dtype = next(self.transformer.parameters()).dtype
         out = self.transformer(x.to(dtype), t, **kwargs)
         return out[:, : x.shape[1]].float()  # learn_sigma models: the variance half is unused here
 
-    def _sample(self, req: _Request, progress: bool, callback: Callback | None) -> Tensor:
-        """Noise -> latents (1, C, K, h, w), un-scaled for the VAE."""
-        dev, vcfg = self.device, self.vae.cfg
-        c, s = vcfg.latent_channels, vcfg.spatial_factor
-        k, hw = (req.generated - 1) // self.temporal_factor + 1, (req.height // s, req.width // s)
-        gen = torch.Generator().manual_seed(req.seed)  # on the CPU: the same video on every device
-        noise = torch.randn((1, c, k, *hw), generator=gen).to(dev)
+    def _frames(
+        self, req: _Request, progress: bool, callback: Callback | None, chunk: int
+    ) -> Iterator[Tensor]:
+        """The video's frames (1, 3, t, H, W) in [-1, 1], as the decoder makes them from the windows."""
+        return self._decode(self._latents(req, progress, callback), req.frames, chunk)
 
-        cond = None
-        if self.transformer.cfg.cond_channels:
-            known = None
-            if req.known is not None:  # the VAE's mean latents of the known frames, scaled like x
-                vae_dtype = next(self.vae.parameters()).dtype
-                known = scale_latents(self.vae.encode(req.known.to(dev, vae_dtype)).mode().float(), vcfg)
-            cond = build_cond(known, k, c, hw).to(dev)
+    def _latents(self, req: _Request, progress: bool, callback: Callback | None) -> Iterator[Tensor]:
+        """Noise -> the video's latents, un-scaled for the VAE, window after window: the first window whole,
+        then each later window's new latent frames, (1, C, n, h, w) each. Holds one window at a time."""
+        dev, vcfg, plan = self.device, self.vae.cfg, req.plan
+        c, s = vcfg.latent_channels, vcfg.spatial_factor
+        hw = (req.height // s, req.width // s)
+        gen = torch.Generator().manual_seed(req.seed)  # on the CPU: the same video on every device
+        known = None  # (1, C, K0, h, w) scaled like x: the latent frames the next window starts from
+        if req.known is not None:  # the VAE's mean latents of the known frames
+            vae_dtype = next(self.vae.parameters()).dtype
+            known = scale_latents(self.vae.encode(req.known.to(dev, vae_dtype)).mode().float(), vcfg)
 
         cfg_on = req.guidance > 1.0
         text, mask = self.text_encoder.encode([req.prompt, req.negative_prompt] if cfg_on else [req.prompt])
         text, mask = text.to(dev), mask.to(dev)
-        branch = [{"text": text[i : i + 1], "text_mask": mask[i : i + 1]} for i in range(text.shape[0])]
-        if cond is not None:
-            for b in branch:
-                b["cond"] = cond  # the same known frames on both sides of the guidance
-        denoise = make_denoiser(self._model_fn, self.diffusion, self.schedule)
-        if cfg_on:
-            denoise = cfg_denoiser(denoise, branch[0], branch[1], req.guidance)
-        else:
-            denoise = functools.partial(denoise, **branch[0])
+        branches = [{"text": text[i : i + 1], "text_mask": mask[i : i + 1]} for i in range(text.shape[0])]
 
-        ts = sampling_times(self.schedule, req.steps)
-        with tqdm(total=req.steps, desc="denoising", unit="step", disable=not progress, leave=False) as bar:
+        n = plan.num_windows
+        total = n * req.steps
+        with tqdm(total=total, desc="denoising", unit="step", disable=not progress, leave=False) as bar:
 
             def on_step(i: int, t: float, x: Tensor, x0: Tensor) -> None:
                 bar.update(1)
                 if callback is not None:
                     callback(i, t, x, x0)
 
-            x = get_sampler(req.sampler)(denoise, noise, ts, self.schedule, generator=gen, callback=on_step)
-        return unscale_latents(x, vcfg)
+            first = None  # (1, C, 1, h, w): the anchor
+            for w, (size, skip, keep) in enumerate(plan.windows(self.transformer.cfg.patch_size[0])):
+                if n > 1:
+                    bar.set_postfix_str(f"window {w + 1}/{n}")
+                noise = torch.randn((1, c, size, *hw), generator=gen).to(dev)
+                if known is not None and plan.cond_noise > 0:
+                    known = noise_known(known, plan.cond_noise, self.schedule, gen)
+                x = self._sample_window(req, noise, known, branches, gen, on_step)  # (1, C, size, h, w)
+                yield unscale_latents(x[:, :, skip : skip + keep], vcfg)
+                if plan.anchor and first is None:
+                    first = x[:, :, :1]
+                known = carry(x, first, plan.overlap)
 
-    def _decode(self, z: Tensor, frames: int, chunk: int) -> Iterator[Tensor]:
-        """Video chunks (1, 3, t, H, W) in [-1, 1], the first `frames` frames only; streamed through the
-        VAE's `decode_stream` when it decodes exactly that way, else the whole clip at once."""
-        z = z.to(next(self.vae.parameters()).dtype)
-        chunks = (
-            self.vae.decode_stream(z, chunk=chunk) if decoder_streams(self.vae.cfg) else [self.vae.decode(z)]
-        )
+    def _sample_window(
+        self, req: _Request, noise: Tensor, known: Tensor | None, branches: list[dict], gen: torch.Generator,
+        on_step: Callback,
+    ) -> Tensor:  # fmt: skip
+        """One window: noise (1, C, K, h, w) -> scaled latents, the known first frames given through cond."""
+        c = self.vae.cfg.latent_channels
+        if self.transformer.cfg.cond_channels:
+            cond = build_cond(known, noise.shape[2], c, tuple(noise.shape[3:])).to(noise.device)
+            branches = [b | {"cond": cond} for b in branches]  # the same known frames on both guidance sides
+        denoise = make_denoiser(self._model_fn, self.diffusion, self.schedule)
+        if len(branches) == 2:
+            denoise = cfg_denoiser(denoise, branches[0], branches[1], req.guidance)
+        else:
+            denoise = functools.partial(denoise, **branches[0])
+        ts = sampling_times(self.schedule, req.steps)
+        return get_sampler(req.sampler)(denoise, noise, ts, self.schedule, generator=gen, callback=on_step)
+
+    def _decode(self, latents: Iterable[Tensor], frames: int, chunk: int) -> Iterator[Tensor]:
+        """Video chunks (1, 3, t, H, W) in [-1, 1], the first `frames` frames only; the latents (pieces
+        (1, C, n, h, w) of one video) go through the VAE's `decode_stream` `chunk` latent frames at a time
+        when it decodes exactly that way, else they are joined and decoded at once."""
+        dtype = next(self.vae.parameters()).dtype
+        pieces = (z.to(dtype) for z in latents)
+        if decoder_streams(self.vae.cfg):
+            chunks = self.vae.decode_stream(rechunk(pieces, chunk))
+        else:
+            chunks = iter([self.vae.decode(torch.cat(list(pieces), dim=2))])
         left = frames
         for x in chunks:
             x = x[:, :, :left]
@@ -360,6 +427,11 @@ class VideoPipeline:
             yield x.float().clamp(-1.0, 1.0)
             if left <= 0:
                 return  # chunks holding only the rounded-up tail are never decoded
+
+
+def _check_chunk(decode_chunk: Any) -> None:
+    if isinstance(decode_chunk, bool) or not isinstance(decode_chunk, int) or decode_chunk < 1:
+        raise UserError(f"decode_chunk must be an integer >= 1, got {decode_chunk!r}")
 
 
 __all__ = ["PipelineDefaults", "VideoPipeline"]
