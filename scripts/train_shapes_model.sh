@@ -6,6 +6,7 @@ longvideo train configs/shapes_vae.yaml            # VAE stage 1: L1 + MSE + KL,
 longvideo train configs/shapes_vae_stage2.yaml     # stage 2: decode the posterior mean
 longvideo train configs/shapes_vae_stage3.yaml     # stage 3: decoder only, 17-frame clips (encoder frozen)
 longvideo eval recon --model runs/shapes_vae_stage3/export --num 32 --frames 33 --json
-longvideo train configs/shapes_dit.yaml            # DiT: caches latents of 6144 videos, then trains
-rm -rf src/longvideo/assets/shapes && cp -r runs/shapes_dit/export src/longvideo/assets/shapes
+longvideo train configs/shapes_dit.yaml            # DiT stage 1: caches latents of 6144 videos, then trains
+longvideo train configs/shapes_dit_stage2.yaml     # DiT stage 2: from stage 1's EMA, fresh warmup + cosine
+rm -rf src/longvideo/assets/shapes && cp -r runs/shapes_dit_stage2/export src/longvideo/assets/shapes
 python benchmarks/eval_shapes_model.py --model shapes --num 60 --json

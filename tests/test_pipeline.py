@@ -209,9 +209,13 @@ def test_errors(pipe, tmp_path):
         pipe.generate_to_file(tmp_path / "nope" / "v.mp4", PROMPT, **FAST)
 
 
-def test_loading_errors(saved, tmp_path):
-    with pytest.raises(UserError, match="bundled model 'shapes' is not installed in this build"):
-        VideoPipeline.from_pretrained("shapes")
+def test_loading_errors(saved, tmp_path, monkeypatch):
+    import longvideo.pipelines.folder as folder
+
+    with monkeypatch.context() as m:
+        m.setattr(folder, "ASSETS", tmp_path / "no_assets")
+        with pytest.raises(UserError, match="bundled model 'shapes' is not installed in this build"):
+            VideoPipeline.from_pretrained("shapes")
     with pytest.raises(UserError, match="not a bundled model"):
         VideoPipeline.from_pretrained("no-such-model")
     with pytest.raises(UserError, match=r"model_index\.json"):

@@ -126,7 +126,7 @@ def test_vae_folder_errors(tmp_path):
         (["train", "{tmp}/missing.yaml"], "not found"),
         (["train", "{tmp}/c.yaml", "stepz=3"], "stepz"),
         (["train", "{tmp}/c.yaml", "video_frames=4"], "video_frames"),
-        (["train", "{tmp}/dit.yaml"], "not available yet"),
+        (["train", "{tmp}/other.yaml"], "unknown task 'frobnicate'"),
         (["eval", "recon", "--model", "{tmp}"], "no VAE"),
         (["eval", "recon", "--frames", "8"], "--frames"),
         (["bench", "vae", "--model", "{tmp}/v", "--frames", "10"], "--frames must be 1 + a multiple of 4"),
@@ -135,7 +135,7 @@ def test_vae_folder_errors(tmp_path):
 )
 def test_cli_errors(tmp_path, capsys, argv, needle):
     (tmp_path / "c.yaml").write_text("task: vae\n")
-    (tmp_path / "dit.yaml").write_text("task: dit\n")
+    (tmp_path / "other.yaml").write_text("task: frobnicate\n")
     save_vae(CausalVAE(vae_preset("tiny")), tmp_path / "v")
     code = main([a.replace("{tmp}", str(tmp_path)) for a in argv])
     err = capsys.readouterr().err
