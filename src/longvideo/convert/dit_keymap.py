@@ -57,6 +57,19 @@ def conv2d_as_3d(w: Tensor) -> Tensor:
     return w[:, :, None]
 
 
+def pixart_stem(km: KeyMap) -> KeyMap:
+    """The PixArt-alpha stem both OSP v1.2 and EasyAnimate keep under its own names: the frame patch
+    embedding (a Conv2d there), adaLN-single, the caption MLP, the output projection and its table."""
+    km.add("pos_embed.proj.weight", transform=conv2d_as_3d)
+    km.add("pos_embed.proj.bias")
+    km.same(
+        "adaln_single.emb.timestep_embedder.linear_1", "adaln_single.emb.timestep_embedder.linear_2",
+        "adaln_single.linear", "caption_projection.linear_1", "caption_projection.linear_2", "proj_out",
+    )  # fmt: skip
+    km.add("scale_shift_table")
+    return km
+
+
 def _some(keys: Iterable[str], n: int = 3) -> str:
     keys = sorted(keys)
     more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
@@ -188,4 +201,4 @@ class SourceConfig:
             raise UserError(f"cannot convert this {self.source} config: " + "; ".join(self.problems))
 
 
-__all__ = ["KeyMap", "SourceConfig", "conv2d_as_3d", "convert", "load_dit", "table_check"]
+__all__ = ["KeyMap", "SourceConfig", "conv2d_as_3d", "convert", "load_dit", "pixart_stem", "table_check"]

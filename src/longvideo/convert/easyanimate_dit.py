@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from longvideo.convert.dit_keymap import KeyMap, SourceConfig, conv2d_as_3d, load_dit, table_check
+from longvideo.convert.dit_keymap import KeyMap, SourceConfig, load_dit, pixart_stem, table_check
 from longvideo.models.dit import DiTConfig, VideoDiT
 from longvideo.models.dit.layers import sinusoid_table
 
@@ -127,14 +127,7 @@ def easyanimate_dit_config(raw: dict) -> DiTConfig:
 
 def key_map(cfg: DiTConfig) -> KeyMap:
     """Every key of our model for `cfg`, with the Transformer3DModel key it comes from."""
-    km = KeyMap(SOURCE, "easyanimate")
-    km.add("pos_embed.proj.weight", transform=conv2d_as_3d)
-    km.add("pos_embed.proj.bias")
-    km.same(
-        "adaln_single.emb.timestep_embedder.linear_1", "adaln_single.emb.timestep_embedder.linear_2",
-        "adaln_single.linear", "caption_projection.linear_1", "caption_projection.linear_2", "proj_out",
-    )  # fmt: skip
-    km.add("scale_shift_table")
+    km = pixart_stem(KeyMap(SOURCE, "easyanimate"))
     km.same(*(f"long_connect_fc.{j}" for j in range(cfg.uvit_skips)))
     pe = table_check(lambda n: sinusoid_table(n, cfg.dim, torch.device("cpu")), "sinusoid table")
     for i in range(cfg.num_layers):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from longvideo.convert.dit_keymap import KeyMap, SourceConfig, conv2d_as_3d, load_dit
+from longvideo.convert.dit_keymap import KeyMap, SourceConfig, load_dit, pixart_stem
 from longvideo.models.dit import DiTConfig, VideoDiT
 
 SOURCE = "Open-Sora-Plan v1.2 OpenSoraT2V"
@@ -75,14 +75,7 @@ def osp_dit_config(raw: dict) -> DiTConfig:
 
 def key_map(cfg: DiTConfig) -> KeyMap:
     """Every key of our model for `cfg`, with the OpenSoraT2V key it comes from."""
-    km = KeyMap(SOURCE, "osp-v1.2")
-    km.add("pos_embed.proj.weight", transform=conv2d_as_3d)
-    km.add("pos_embed.proj.bias")
-    km.same(
-        "adaln_single.emb.timestep_embedder.linear_1", "adaln_single.emb.timestep_embedder.linear_2",
-        "adaln_single.linear", "caption_projection.linear_1", "caption_projection.linear_2", "proj_out",
-    )  # fmt: skip
-    km.add("scale_shift_table")
+    km = pixart_stem(KeyMap(SOURCE, "osp-v1.2"))
     for i in range(cfg.num_layers):
         b = f"transformer_blocks.{i}"
         km.same(*(f"{b}.{a}.{p}" for a in ("attn1", "attn2") for p in ("to_q", "to_k", "to_v", "to_out.0")))
