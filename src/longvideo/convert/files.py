@@ -14,7 +14,6 @@ the file runs), unwrapped from the training wrappers the seeds save (`ema_state_
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -23,6 +22,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from longvideo.errors import UserError
+from longvideo.pipelines.folder import read_json
 
 PREFERRED = ("diffusion_pytorch_model.safetensors", "model.safetensors")
 LEGACY = (".pt", ".pth", ".ckpt", ".bin")
@@ -31,15 +31,7 @@ WRAPPERS = ("state_dict", "gen_model", "model", "module")
 
 def read_config(path: Path) -> dict:
     """A config.json as a dict; a missing, unreadable or non-object file is a UserError."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: missing (a converter needs the source model's config.json)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: unreadable JSON ({type(e).__name__})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    return data
+    return read_json(path, missing="missing (a converter needs the source model's config.json)")
 
 
 def component_dir(src: Path, name: str) -> Path | None:

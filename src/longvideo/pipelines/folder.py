@@ -54,11 +54,12 @@ def resolve_pipeline(path_or_name: str | os.PathLike[str]) -> Path:
     return p
 
 
-def read_json(path: Path) -> dict:
+def read_json(path: Path, missing: str = "missing") -> dict:
+    """A JSON object file; a missing (`{path}: {missing}`), unreadable or non-object file is a UserError."""
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise UserError(f"{path}: missing") from None
+        raise UserError(f"{path}: {missing}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{path}: unreadable JSON ({type(e).__name__})") from None
     if not isinstance(data, dict):
