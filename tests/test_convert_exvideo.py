@@ -25,13 +25,7 @@ pytest.importorskip("diffusers")
 from diffusers import UNetSpatioTemporalConditionModel
 from diffusers.models.transformers.transformer_temporal import TransformerSpatioTemporalModel
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _fixture(kind: str):

@@ -30,12 +30,7 @@ CLASSES = {"osp_v1_2_dit": "OpenSoraT2V", "easyanimate_v3_dit": "Transformer3DMo
            "easyanimate_v3_slice_vae": "AutoencoderKLMagvit"}  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fixture_config(name: str) -> dict:

@@ -19,12 +19,7 @@ ZERO_BRANCHES = ("long_connect_fc", "attn_temporal.proj_out", "to_out_temporal",
 ZERO_BRANCHES_ALL = (*ZERO_BRANCHES, "to_out_context")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(name: str, seed: int = 0, **overrides) -> VideoDiT:

@@ -30,12 +30,7 @@ def check(name: str, out: torch.Tensor, ref: torch.Tensor) -> None:
     assert err <= 1e-4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @torch.no_grad()

@@ -25,14 +25,7 @@ from longvideo.train.lora import (
 FAMILIES = ["tiny-full3d", "tiny-motion"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: a second torch thread only adds spin-waiting, which on a busy 2-core machine
-    turned a 0.1 s training loop into tens of seconds."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _base(preset: str) -> torch.nn.Module:

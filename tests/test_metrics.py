@@ -10,14 +10,7 @@ import torch
 from longvideo.errors import UserError
 from longvideo.eval.metrics import LPIPS, psnr, ssim, video_metrics
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one torch thread is faster, and spares a loaded CPU the thread oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rand(*shape: int, seed: int = 0) -> torch.Tensor:

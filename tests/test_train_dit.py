@@ -4,6 +4,7 @@ LoRA, export, latent cache and bad configs. Tiny models on the shapes world (32x
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -188,6 +189,7 @@ def test_freeze_globs(tmp_path, tiny_vae, cache):
         ({"parallel": "pipeline"}, "parallel must be"),
         ({"p_image_cond": 0.8, "p_continue": 0.5}, r"p_image_cond \+ p_continue"),
         ({"text_encoder": "new:clip"}, "new:shapes"),
+        ({"cond_noise": 1.0}, "cond_noise"),
     ],
 )
 def test_bad_configs(tmp_path, tiny_vae, cache, kw, msg):
@@ -230,3 +232,50 @@ def test_bf16_autocast_checkpointing_and_tensorboard(tmp_path, tiny_vae, cache):
     DiTTrainer(ckpt).fit(progress=False)
     DiTTrainer(_cfg(tmp_path / "b", tiny_vae, cache, steps=2)).fit(progress=False)
     assert _losses(tmp_path / "a") == pytest.approx(_losses(tmp_path / "b"), rel=1e-6)
+
+
+def test_extend_post_tunes_only_temporal_parts(tmp_path, tiny_vae, cache):
+    """ExVideo post-tuning through the trainer: 5 -> 9 frames (2 -> 3 latent frames) with RIFLEx and the
+    identity adapter; only the adapter and the self-attentions move; the export loads and generates."""
+    from longvideo.pipelines.video import VideoPipeline
+
+    base = tmp_path / "base"
+    DiTTrainer(_cfg(base, tiny_vae, cache, steps=2, export=str(base / "export"))).fit(progress=False)
+    kw = {"data.shapes.num_frames": 9, "data.num_videos": 4, "extend.frames": 3, "extend.base_frames": 2,
+          "export": str(tmp_path / "ext" / "export")}  # fmt: skip
+    tr = DiTTrainer(_cfg(tmp_path / "ext", tiny_vae, "''", steps=2, init=str(base / "export"), **kw))
+    trainable = {n for n, p in tr.model.named_parameters() if p.requires_grad}
+    assert trainable and all("temporal_adapter" in n or ".attn1." in n for n in trainable)
+    tr.fit(progress=False)
+    pipe = VideoPipeline.from_pretrained(tmp_path / "ext" / "export")
+    assert pipe.transformer.cfg.temporal_adapter and pipe.transformer.cfg.rope_riflex_frames == 3
+    before = VideoPipeline.from_pretrained(base / "export").transformer.state_dict()
+    after = pipe.transformer.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(".attn1." in k for k in changed)
+    assert any("temporal_adapter" in k for k in set(after) - set(before))
+    video = pipe("a small red square staying still on a black background", frames=9, height=48, width=48,
+                 steps=2, progress=False)  # fmt: skip
+    assert video.shape == (1, 3, 9, 48, 48) and torch.isfinite(video).all()
+    with pytest.raises(UserError, match="init"):
+        _cfg(tmp_path / "x", tiny_vae, cache, **{"extend.frames": 3, "extend.base_frames": 2}).validate()
+
+
+def test_cond_noise_augments_only_the_known_frames(tmp_path, tiny_vae, cache):
+    """cond_noise > 0: the known frames reach the model noised (time <= cond_noise), the rest of each
+    sample's randomness is unchanged, and cond_noise = 0 draws exactly what it drew before."""
+    from longvideo.diffusion import NoiseSchedule
+    from longvideo.train.dit import sample_randomness
+
+    kw = {"p_continue": 1.0, "p_image_cond": 0.0}
+    clean = _cfg(tmp_path / "a", tiny_vae, cache, **kw).validate()
+    noisy = _cfg(tmp_path / "b", tiny_vae, cache, cond_noise=0.3, **kw).validate()
+    sched, shape = NoiseSchedule(clean.diffusion), (4, 3, 6, 6)
+    for j in range(4):
+        a = sample_randomness(clean, 5, j, shape, sched)
+        b = sample_randomness(noisy, 5, j, shape, sched)
+        assert a[4] is None and b[4] is not None and 0 <= b[4][0] <= 0.3
+        assert b[4][1].shape == (4, b[2], 6, 6)
+        assert a[0] == b[0] and torch.equal(a[1], b[1]) and a[2:4] == b[2:4]
+    DiTTrainer(_cfg(tmp_path / "run", tiny_vae, cache, steps=2, cond_noise=0.3, **kw)).fit(progress=False)
+    assert all(math.isfinite(v) for v in _losses(tmp_path / "run"))

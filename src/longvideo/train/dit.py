@@ -30,6 +30,7 @@ from tqdm import tqdm
 from longvideo.data.shapes import ShapesConfig
 from longvideo.diffusion import DiffusionConfig, NoiseSchedule, add_noise, sample_training_times, target
 from longvideo.errors import UserError
+from longvideo.extend.exvideo import ExtendConfig, extend_dit, trainable_globs
 from longvideo.models.dit import DiTConfig, build_dit
 from longvideo.parallel import (
     DistEnv,
@@ -99,6 +100,9 @@ class DiTTrainConfig:
     text_drop: float = 0.1  # captions replaced by "" (classifier-free guidance)
     p_image_cond: float = 0.25  # conditioning task probabilities; the rest is text-to-video
     p_continue: float = 0.25
+    # noise augmentation of the known frames (the pipeline's cond_noise): each conditioned sample's known
+    # latents are moved to a diffusion time drawn uniformly from [0, cond_noise]; 0 = clean
+    cond_noise: float = 0.0
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (autocast; fp16 with a grad scaler)
     activation_checkpointing: bool = False
     parallel: str = "ddp"  # "ddp" | "fsdp" | "none" (under torchrun; one process ignores it)
@@ -106,6 +110,9 @@ class DiTTrainConfig:
     freeze: list[str] = field(default_factory=list)  # parameter-name globs to freeze
     trainable: list[str] = field(default_factory=list)  # if set, only these globs train
     lora: LoRAConfig = field(default_factory=LoRAConfig)  # rank > 0: train LoRA adapters only
+    # ExVideo post-tuning (extend/): frames > 0 extends the init model's window; unless `trainable` is set,
+    # only the family's temporal parameters train
+    extend: ExtendConfig = field(default_factory=ExtendConfig)
     save_every: int = 500
     keep: int = 3
     log_every: int = 20
@@ -128,9 +135,14 @@ class DiTTrainConfig:
             raise UserError("text_drop, p_image_cond and p_continue must be probabilities")
         if self.p_image_cond + self.p_continue > 1:
             raise UserError("p_image_cond + p_continue must be <= 1")
+        if not 0 <= self.cond_noise < 1:
+            raise UserError(f"cond_noise must be a diffusion time in [0, 1), got {self.cond_noise}")
         if self.data.source not in ("shapes", "manifest"):
             raise UserError(f"data.source must be 'shapes' or 'manifest', got {self.data.source!r}")
         self.lora.validate()
+        self.extend.validate()
+        if self.extend.frames and not self.init:
+            raise UserError("extend needs init: a trained pipeline folder to extend")
         self.model.validate()
         self.diffusion.validate()
         self.defaults.validate()
@@ -138,7 +150,8 @@ class DiTTrainConfig:
 
 
 def sample_randomness(cfg: DiTTrainConfig, step: int, j: int, latent_shape: tuple[int, ...], sched):
-    """What sample j of global batch `step` draws: (t, eps, number of known latent frames, drop caption)."""
+    """What sample j of global batch `step` draws: (t, eps, number of known latent frames, drop caption,
+    the known frames' noise (time, eps) or None)."""
     g = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.seed, step, j]).generate_state(1)[0]))
     t = sample_training_times(1, cfg.diffusion, sched, generator=g)[0]
     eps = torch.randn(latent_shape, generator=g)
@@ -151,7 +164,11 @@ def sample_randomness(cfg: DiTTrainConfig, step: int, j: int, latent_shape: tupl
     else:
         known = 0
     drop = torch.rand(1, generator=g).item() < cfg.text_drop
-    return t, eps, known, drop
+    known_noise = None
+    if known and cfg.cond_noise > 0:  # drawn last: runs without it keep their exact random stream
+        tc = torch.rand(1, generator=g).item() * cfg.cond_noise
+        known_noise = (tc, torch.randn((latent_shape[0], known, *latent_shape[2:]), generator=g))
+    return t, eps, known, drop, known_noise
 
 
 class DiTTrainer:
@@ -177,6 +194,10 @@ class DiTTrainer:
             model.load_state_dict(
                 fs.load_transformer(fs.resolve_pipeline(cfg.init) / "transformer").state_dict()
             )
+        if cfg.extend.frames:
+            model = extend_dit(model, cfg.extend)
+            if not cfg.trainable:
+                cfg.trainable = trainable_globs(model.cfg, cfg.extend)
         if cfg.lora.rank > 0:
             from longvideo.train.lora import add_lora
 
@@ -226,11 +247,12 @@ class DiTTrainer:
         b, c = latents.shape[:2]
         ts, eps, cond = [], [], torch.zeros(b, c + 1, *latents.shape[2:])
         for i, j in enumerate(js):
-            t, e, known, drop = sample_randomness(cfg, step, j, tuple(latents.shape[1:]), self.sched)
+            t, e, known, drop, kn = sample_randomness(cfg, step, j, tuple(latents.shape[1:]), self.sched)
             ts.append(t)
             eps.append(e)
             if known:
-                cond[i, :c, :known] = latents[i, :, :known]
+                z = latents[i, :, :known]
+                cond[i, :c, :known] = z if kn is None else add_noise(z, kn[1], kn[0], self.sched)
                 cond[i, c, :known] = 1.0
             if drop:
                 text[i], mask[i] = self.batches.empty_text

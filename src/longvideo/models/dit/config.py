@@ -63,6 +63,17 @@ class DiTConfig:
     motion_attn_odd: list[str] = field(default_factory=list)  # odd blocks, if set (v3: temporal, global)
     motion_grid: int = 1  # >1: temporal attention over grid x grid spatial patches (v1 "VanillaGrid": 2)
     motion_norm_groups: int = 32
+    # --- long-window extension (extend/, ExVideo post-tuning); all off by default
+    # motion: >0 = each motion attention adds rows of a trainable (N, dim) frame-position table instead of the
+    # fixed sinusoid (ExVideo `TrainableTemporalTimesteps`); clips of more than N frames are refused
+    temporal_pos_table: int = 0
+    # an identity-initialised 3x3x3 Conv3d over the token grid (ExVideo `positional_conv`): motion: inside
+    # each motion attention after the position add; full3d / parallel: once, after the patch embedding
+    temporal_adapter: bool = False
+    # RIFLEx (arXiv 2502.15894): the temporal RoPE component k (1-based; 0 = off) gets the frequency
+    # 0.9 * 2 pi / rope_riflex_frames, so one period covers the extended window (in latent frames)
+    rope_riflex_k: int = 0
+    rope_riflex_frames: int = 0
 
     @property
     def dim(self) -> int:
@@ -71,6 +82,10 @@ class DiTConfig:
     @property
     def out_channels(self) -> int:
         return self.in_channels * (2 if self.learn_sigma else 1)
+
+    def _temporal_rope_dim(self) -> int:
+        """Features of head_dim rotated by frame position (full3d: the t third; parallel: all)."""
+        return self.head_dim // 3 if self.family == "full3d" else self.head_dim
 
     def validate(self) -> DiTConfig:
         def need(ok: bool, msg: str) -> None:
@@ -87,6 +102,11 @@ class DiTConfig:
         need(self.dim % 4 == 0, "dim must be a multiple of 4 (sin-cos position embedding)")
         need(0 <= self.uvit_skips <= self.num_layers // 2, "uvit_skips must be <= num_layers // 2")
         need(len(self.rope_scale) == 3, "rope_scale is (t, h, w)")
+        need(self.temporal_pos_table >= 0, "temporal_pos_table must be >= 0")
+        need(self.temporal_pos_table == 0 or self.family == "motion", "temporal_pos_table is a motion option")
+        need(self.rope_riflex_k == 0 or self.family in ("full3d", "parallel"), "rope_riflex_k needs RoPE")
+        need(self.rope_riflex_k == 0 or self.rope_riflex_frames > 0, "rope_riflex_k needs rope_riflex_frames")
+        need(self.rope_riflex_k <= self._temporal_rope_dim() // 2, "rope_riflex_k is past the temporal RoPE")
         if self.family == "full3d":
             need(self.head_dim % 6 == 0, "full3d: head_dim must split into three even parts (t, h, w)")
         if self.family == "parallel":

@@ -264,3 +264,27 @@ def sinusoid_table(length: int, dim: int, device: torch.device) -> Tensor:
     pe[:, 0::2] = torch.sin(pos * div)
     pe[:, 1::2] = torch.cos(pos * div)
     return pe
+
+
+class TemporalAdapter(nn.Module):
+    """ExVideo's `positional_conv`: a 3x3x3 Conv3d over the token grid, initialised to the identity (centre
+    tap = eye, the rest and the bias zero), so inserting it leaves a model's function unchanged. Replicate
+    padding (ExVideo: reflect, which a one-frame image cannot take)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv = nn.Conv3d(dim, dim, kernel_size=3, padding=1, padding_mode="replicate")
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        w = self.conv.weight  # (D, D, 3, 3, 3)
+        if w.is_meta:
+            return
+        w.zero_()
+        w[:, :, 1, 1, 1] = torch.eye(w.shape[0], dtype=w.dtype)
+        self.conv.bias.zero_()
+
+    def forward(self, h: Tensor) -> Tensor:
+        """h (B, T, H, W, D) -> same."""
+        return self.conv(h.permute(0, 4, 1, 2, 3)).permute(0, 2, 3, 4, 1)

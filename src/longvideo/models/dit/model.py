@@ -33,6 +33,7 @@ from longvideo.models.dit.layers import (
     AttentionOp,
     MLPEmbedder,
     PatchEmbed,
+    TemporalAdapter,
     TimeTextEmbed,
     abs_pos_embed,
     layer_norm,
@@ -48,6 +49,9 @@ class VideoDiT(nn.Module):
         self.cfg = cfg.validate()
         d = cfg.dim
         self.pos_embed = PatchEmbed(cfg.in_channels + cfg.cond_channels, d, cfg.patch_size)
+        # ExVideo's identity conv after the embedding (the motion family has one per motion attention)
+        adapter = cfg.temporal_adapter and cfg.family != "motion"
+        self.temporal_adapter = TemporalAdapter(d) if adapter else None
         # timestep (+ pooled text) -> temb (B, D); adaLN-single also makes the shared (B, 6D) modulation
         single = cfg.adaln == "single"
         self.adaln_single = AdaLNSingle(d, cfg.freq_dim) if single else None
@@ -153,6 +157,8 @@ class VideoDiT(nn.Module):
                 cfg.pos_embed_base, cfg.pos_embed_interp, cfg.pos_embed_max, x.device,
             )  # fmt: skip
             h = h + pe.to(h.dtype).repeat(grid[0], 1)  # the same table on every frame
+        if self.temporal_adapter is not None:
+            h = self.temporal_adapter(h.reshape(b, *grid, -1)).reshape(h.shape)
 
         t = t.expand(b) if t.ndim == 0 else t
         if self.adaln_single is not None:
@@ -200,11 +206,12 @@ class VideoDiT(nn.Module):
 
     def _rope(self, grid: tuple[int, int, int], device: torch.device) -> Rope | None:
         cfg = self.cfg
+        riflex = (cfg.rope_riflex_k, cfg.rope_riflex_frames) if cfg.rope_riflex_k else None
         if cfg.family == "full3d":
-            return rope_3d(grid, cfg.head_dim, cfg.rope_theta, cfg.rope_scale, device=device)
+            return rope_3d(grid, cfg.head_dim, cfg.rope_theta, cfg.rope_scale, device=device, riflex=riflex)
         if cfg.family == "parallel":
             theta, scale = cfg.temporal_rope_theta, cfg.temporal_rope_scale
-            return rope_1d(grid[0], cfg.head_dim, theta, scale, device=device)
+            return rope_1d(grid[0], cfg.head_dim, theta, scale, device=device, riflex=riflex)
         return None
 
 

@@ -3,8 +3,9 @@
 Per block: GroupNorm per frame -> proj_in -> layers of [LayerNorm -> self-attention]* + GEGLU feed-forward
 -> proj_out, added to the input. proj_out starts at zero, so a freshly inflated image model is unchanged.
 
-Each attention first adds a sinusoidal frame-position embedding (computed for any number of frames), then
-attends either
+Each attention first adds a sinusoidal frame-position embedding (computed for any number of frames) or,
+after ExVideo post-tuning (extend/), rows of a trainable table followed by an identity-initialised 3x3x3
+conv adapter, then attends either
 - "temporal": across frames at each spatial position, or with `motion_grid` n > 1 across frames *and* an
   n x n patch neighbourhood (EasyAnimate v1 "VanillaGrid"): tokens b t (h n) (w m) c -> (b h w) (t n m) c;
 - "global": over all t*h*w tokens (EasyAnimate v3, odd blocks).
@@ -12,23 +13,35 @@ attends either
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from longvideo.models.dit.config import DiTConfig
-from longvideo.models.dit.layers import Attention, FeedForward, sinusoid_table
+from longvideo.models.dit.layers import Attention, FeedForward, TemporalAdapter, sinusoid_table
 
 
 class MotionAttention(Attention):
-    def __init__(self, dim: int, heads: int, kind: str, grid: int):
+    def __init__(self, dim: int, heads: int, kind: str, grid: int, table: int = 0, adapter: bool = False):
         # AnimateDiff's q/k/v have no bias; "temporal" / "global" is also the AttentionOp kind
         super().__init__(dim, heads, dim // heads, kind, qkv_bias=False)
         self.kind = kind
         self.grid = grid
+        # ExVideo: a trainable (N, D) table of frame positions (extend/ fills it) and the conv adapter
+        self.pos_table = nn.Parameter(torch.zeros(table, dim)) if table else None
+        self.temporal_adapter = TemporalAdapter(dim) if adapter else None
 
     def forward(self, h: Tensor) -> Tensor:  # type: ignore[override]
         """h (B, T, H, W, D) normalised tokens -> attention output, same shape."""
         b, t, hh, ww, d = h.shape
-        h = h + sinusoid_table(t, d, h.device).to(h.dtype)[None, :, None, None]  # position of the frame
+        if self.pos_table is None:
+            pe = sinusoid_table(t, d, h.device)
+        elif t > len(self.pos_table):
+            raise ValueError(f"{t} frames is more than this model's position table ({len(self.pos_table)})")
+        else:
+            pe = self.pos_table[:t]
+        h = h + pe.to(h.dtype)[None, :, None, None]  # position of the frame
+        if self.temporal_adapter is not None:
+            h = self.temporal_adapter(h)
         if self.kind == "global":
             return super().forward(h.reshape(b, t * hh * ww, d)).reshape(h.shape)
         n = self.grid
@@ -44,9 +57,11 @@ class MotionAttention(Attention):
 class MotionLayer(nn.Module):
     """EasyAnimate's motion `TemporalTransformerBlock`: pre-norm attentions, then a GEGLU feed-forward."""
 
-    def __init__(self, dim: int, heads: int, kinds: list[str], grid: int):
+    def __init__(self, cfg: DiTConfig, kinds: list[str]):
         super().__init__()
-        self.attention_blocks = nn.ModuleList([MotionAttention(dim, heads, k, grid) for k in kinds])
+        dim, table, adapter = cfg.dim, cfg.temporal_pos_table, cfg.temporal_adapter
+        attns = [MotionAttention(dim, cfg.motion_heads, k, cfg.motion_grid, table, adapter) for k in kinds]
+        self.attention_blocks = nn.ModuleList(attns)
         # AnimateDiff norms: affine LayerNorms with torch's default eps
         self.norms = nn.ModuleList([nn.LayerNorm(dim) for _ in kinds])
         self.ff = FeedForward(dim, 4, gated=True)
@@ -64,9 +79,7 @@ class MotionModule(nn.Module):
         d = cfg.dim
         self.norm = nn.GroupNorm(cfg.motion_norm_groups, d, eps=1e-6)
         self.proj_in = nn.Linear(d, d)
-        self.transformer_blocks = nn.ModuleList(
-            [MotionLayer(d, cfg.motion_heads, kinds, cfg.motion_grid) for _ in range(cfg.motion_layers)]
-        )
+        self.transformer_blocks = nn.ModuleList([MotionLayer(cfg, kinds) for _ in range(cfg.motion_layers)])
         self.proj_out = nn.Linear(d, d)  # zero-initialised by VideoDiT.init_weights
 
     def forward(self, x: Tensor, grid: tuple[int, int, int]) -> Tensor:

@@ -4,12 +4,17 @@
   by rotate-half RoPE over its own axis, positions divided by that axis' interpolation scale.
 - 1D over frames (Vchitect-2.0 temporal attention): theta 1e6, adjacent pairs rotated as complex numbers.
 
+RIFLEx (arXiv 2502.15894) for longer windows: the temporal component k (1-based, the first whose period
+exceeds the trained window) gets the frequency 0.9 * 2 pi / L, L the new window in frames, so it no longer
+repeats inside it; `riflex=(k, L)`, `intrinsic_component` finds k.
+
 A `Rope` holds cos/sin tables laid out like the features they rotate, so applying one is a multiply-add
 whichever layout built it. Rotation runs in float32 (then casts back), as both seeds do.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -38,16 +43,37 @@ class Rope:
         return torch.cat(out, dim=-1)
 
 
-def _angles(pos: Tensor, dim: int, theta: float) -> Tensor:
+Riflex = tuple[int, int] | None  # (k, window): component k (1-based) -> frequency 0.9 * 2 pi / window
+
+
+def frequencies(dim: int, theta: float, riflex: Riflex = None) -> Tensor:
+    """(dim // 2,) float32 angular frequencies theta^(-2i/dim); RIFLEx replaces component k."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    if riflex is not None and riflex[0] > 0:
+        k, window = riflex
+        inv_freq[k - 1] = 0.9 * 2 * math.pi / window
+    return inv_freq
+
+
+def intrinsic_component(dim: int, theta: float, trained_frames: int) -> int:
+    """RIFLEx's k (1-based): the highest-frequency component whose period 2 pi / w exceeds the trained
+    window (HunyuanVideo: dim 16, theta 256, 33 latent frames -> k = 4, the paper's value)."""
+    periods = 2 * math.pi / frequencies(dim, theta)
+    longer = (periods > trained_frames).nonzero()
+    if len(longer) == 0:
+        raise ValueError(f"no RoPE component (dim {dim}, theta {theta}) outlasts {trained_frames} frames")
+    return int(longer[0]) + 1
+
+
+def _angles(pos: Tensor, dim: int, theta: float, riflex: Riflex = None) -> Tensor:
     """pos (L,) -> (L, dim // 2) angles pos * theta^(-2i/dim)."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, dim, 2, device=pos.device, dtype=torch.float32) / dim)
-    return pos.float()[:, None] * inv_freq[None]
+    return pos.float()[:, None] * frequencies(dim, theta, riflex).to(pos.device)[None]
 
 
-def rope_3d_from_positions(pos: Tensor, head_dim: int, theta: float = 10000.0) -> Rope:
-    """pos (L, 3) float (t, h, w) positions -> Rope for (..., L, head_dim)."""
+def rope_3d_from_positions(pos: Tensor, head_dim: int, theta: float = 10000.0, riflex: Riflex = None) -> Rope:
+    """pos (L, 3) float (t, h, w) positions -> Rope for (..., L, head_dim); `riflex` acts on t."""
     d = head_dim // 3
-    ang = [_angles(pos[:, i], d, theta) for i in range(3)]
+    ang = [_angles(pos[:, i], d, theta, riflex if i == 0 else None) for i in range(3)]
     ang = torch.cat([torch.cat((a, a), dim=-1) for a in ang], dim=-1)  # (L, head_dim): [t | h | w]
     return Rope(ang.cos(), ang.sin(), parts=3)
 
@@ -64,10 +90,11 @@ def rope_3d(
     theta: float = 10000.0,
     scale: tuple[float, float, float] | list[float] = (1.0, 1.0, 1.0),
     device: torch.device | str | None = None,
+    riflex: Riflex = None,
 ) -> Rope:
     """RoPE for all T*H*W tokens of a patch grid, positions divided by `scale` (t, h, w)."""
     pos = grid_positions(grid, device).float() / torch.tensor(scale, device=device, dtype=torch.float32)
-    return rope_3d_from_positions(pos, head_dim, theta)
+    return rope_3d_from_positions(pos, head_dim, theta, riflex)
 
 
 def rope_1d(
@@ -77,10 +104,11 @@ def rope_1d(
     scale: float = 1.0,
     interleaved: bool = True,
     device: torch.device | str | None = None,
+    riflex: Riflex = None,
 ) -> Rope:
     """RoPE along one axis: pos (L,) positions, or an int L for 0..L-1; positions divided by `scale`."""
     if isinstance(pos, int):
         pos = torch.arange(pos, device=device)
-    ang = _angles(pos.float() / scale, head_dim, theta)  # (L, head_dim // 2)
+    ang = _angles(pos.float() / scale, head_dim, theta, riflex)  # (L, head_dim // 2)
     ang = ang.repeat_interleave(2, dim=-1) if interleaved else torch.cat((ang, ang), dim=-1)
     return Rope(ang.cos(), ang.sin(), parts=1, interleaved=interleaved)

@@ -1,0 +1,91 @@
+"""Long single-window generation before and after ExVideo post-tuning, against chunked continuation
+(issue #6's comparison), judged by the shapes evaluator.
+
+    python benchmarks/eval_long_window.py --tuned runs/shapes_extend/export --frames 129 --num 12
+
+Modes, each on the same captions and seeds (single-object captions of the seen split):
+- `base-window`: the base model, one window of all the frames (RoPE positions past its training window);
+- `base-riflex`: the base model extended without training (RIFLEx + identity adapter; extend/);
+- `tuned`: the post-tuned model, one window (skipped without --tuned);
+- `chunked`: the base model window by window (its own window, continuation conditioning).
+Per mode: the evaluator's rates (found, shape, motion, present) and, per object, the mean fraction of frames
+it is present in and how consistently it keeps one shape (`shape_consistency`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+
+import numpy as np
+import torch
+
+from longvideo.data.shapes import ShapesConfig, sample_video, video_rng
+from longvideo.data.video_io import to_uint8_frames
+from longvideo.eval.shapes import evaluate, summarise
+from longvideo.extend import ExtendConfig, extend_dit
+from longvideo.pipelines.video import VideoPipeline
+
+
+def captions(n: int, seed: int) -> list[str]:
+    cfg = ShapesConfig(num_objects=[1])
+    return [sample_video(cfg, video_rng(seed, i)).caption for i in range(n)]
+
+
+def judge(pipe: VideoPipeline, caps: list[str], frames: int, window: int | None, a) -> dict:
+    results, t0 = [], time.perf_counter()
+    for i, caption in enumerate(caps):
+        video = pipe(caption, frames=frames, seed=i, window=window, steps=a.steps, progress=False)
+        results.append(evaluate(to_uint8_frames(video[0]), caption))
+    s = summarise(results)
+    dets = [o["detected"] for r in results for o in r["objects"]]
+    return s["all"] | {
+        "correct": s.get("correct"),
+        "background": s.get("background"),
+        "present_frac": round(float(np.mean([d.get("present_frac", 0.0) for d in dets])), 4),
+        "shape_consistency": round(float(np.mean([d.get("shape_consistency", 0.0) for d in dets])), 4),
+        "seconds_per_video": round((time.perf_counter() - t0) / len(caps), 2),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--base", default="shapes")
+    p.add_argument("--tuned", default=None, help="the post-tuned pipeline folder")
+    p.add_argument("--frames", type=int, default=129)
+    p.add_argument("--num", type=int, default=12)
+    p.add_argument("--seed", type=int, default=2024)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--modes", nargs="+", default=["base-window", "base-riflex", "tuned", "chunked"])
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    caps = captions(a.num, a.seed)
+    base = VideoPipeline.from_pretrained(a.base)
+    f = base.vae.cfg.temporal_factor
+    base_frames = (base.defaults.frames - 1) // f + 1  # latent frames of the training window
+    new_frames = (a.frames - 1) // f + 1
+    table = {}
+    for mode in a.modes:
+        if mode == "base-window":
+            table[mode] = judge(base, caps, a.frames, a.frames, a)
+        elif mode == "base-riflex":
+            riflex = copy.copy(base)
+            riflex.transformer = extend_dit(base.transformer, ExtendConfig(new_frames, base_frames)).eval()
+            table[mode] = judge(riflex, caps, a.frames, a.frames, a)
+        elif mode == "tuned" and a.tuned:
+            table[mode] = judge(VideoPipeline.from_pretrained(a.tuned), caps, a.frames, a.frames, a)
+        elif mode == "chunked":
+            table[mode] = judge(base, caps, a.frames, base.defaults.frames, a)
+    keys = ["found", "shape", "motion", "present", "present_frac", "shape_consistency", "seconds_per_video"]
+    print(f"{'mode':12s} " + " ".join(f"{k[:12]:>12s}" for k in keys))
+    for mode, row in table.items():
+        print(f"{mode:12s} " + " ".join(f"{row.get(k, 0)!s:>12s}" for k in keys))
+    print(json.dumps({"frames": a.frames, "num": a.num, "base": a.base, "tuned": a.tuned, "modes": table}))
+
+
+if __name__ == "__main__":
+    main()
