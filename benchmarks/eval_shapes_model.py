@@ -37,6 +37,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--sampler", default=None)
+    p.add_argument("--shift", type=float, default=None, help="flow shift of the sampling times (SD3)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--results", default=None, help="write every judged video here (JSONL)")
     p.add_argument("--json", action="store_true")
@@ -44,6 +45,8 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     pipe = VideoPipeline.from_pretrained(a.model)
+    if a.shift is not None:  # sampling only: the model's inputs do not depend on it
+        pipe.schedule.flow_shift = a.shift
     summary, rows, t0 = {}, [], time.perf_counter()
     for split, held in (("held_out", True), ("seen", False)):
         results = []
@@ -57,7 +60,8 @@ def main() -> None:
         s = summarise(results)
         summary[split] = {"videos": s["videos"], "correct": s.get("correct")} | s["all"]
     summary["seconds_per_video"] = round((time.perf_counter() - t0) / (2 * a.num), 2)
-    summary["settings"] = {k: getattr(a, k) for k in ("model", "num", "seed", "steps", "guidance", "sampler")}
+    settings = ("model", "num", "seed", "steps", "guidance", "sampler", "shift")
+    summary["settings"] = {k: getattr(a, k) for k in settings}
     if a.results:
         with open(a.results, "w") as f:
             f.writelines(json.dumps(r, default=str) + "\n" for r in rows)

@@ -239,33 +239,19 @@ class VideoPipeline:
         path: str | os.PathLike[str],
         prompt: str,
         *,
-        negative_prompt: str | None = None,
-        image: Any = None,
-        known: Tensor | None = None,
-        frames: int | None = None,
-        height: int | None = None,
-        width: int | None = None,
-        steps: int | None = None,
-        guidance: float | None = None,
-        seed: int = 0,
-        sampler: str | None = None,
-        window: int | None = None,
-        overlap: int | None = None,
-        anchor: bool = False,
-        cond_noise: float = 0.0,
-        progress: bool = True,
-        callback: Callback | None = None,
         fps: float | None = None,
         quality: int = 18,
+        progress: bool = True,
+        callback: Callback | None = None,
         decode_chunk: int = 4,
+        **request: Any,
     ) -> dict:
-        """Generate as `__call__` and write the video (mp4/mkv/mov/gif) while the VAE decodes it
-        `decode_chunk` latent frames at a time, window after window: memory stays constant in the frame
-        count (for VAEs that stream exactly, see inputs.decoder_streams). Returns {path, frames, height,
-        width, fps, seed, windows, seconds (wall time)}."""
+        """Generate as `__call__` (`request`: its keyword arguments, negative_prompt ... cond_noise) and
+        write the video (mp4/mkv/mov/gif) while the VAE decodes it `decode_chunk` latent frames at a time,
+        window after window: memory stays constant in the frame count (for VAEs that stream exactly, see
+        inputs.decoder_streams). Returns {path, frames, height, width, fps, seed, windows, seconds}."""
         t0 = time.perf_counter()
-        req = self._request(prompt, negative_prompt, image, known, frames, height, width, steps, guidance,
-                            seed, sampler, window, overlap, anchor, cond_noise)  # fmt: skip
+        req = self._request(prompt, **request)
         _check_chunk(decode_chunk)
         fps = self.defaults.fps if fps is None else fps
         with VideoWriter(path, fps, quality=quality) as writer:  # opened first: a bad path fails before work
