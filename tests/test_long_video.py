@@ -104,6 +104,19 @@ def test_a_window_sized_request_is_the_plain_path(pipe, record):
     assert torch.equal(long[:, :, :9], plain) and not torch.equal(long[:, :, 9:18], plain)
 
 
+def test_defaults_window_sets_the_window(pipe, record, monkeypatch):
+    """A post-tuned model ships `defaults.window` (longer than its default length): requests up to it are
+    one window, longer ones are windows of that size."""
+    monkeypatch.setattr(pipe.defaults, "window", 17)
+    pipe(PROMPT, frames=17, callback=record["callback"], **FAST)
+    assert len(record["cond"]) == 1
+    pipe(PROMPT, frames=25, callback=record["callback"], **FAST)  # 7 latent frames: windows of 5 and 5
+    assert len(record["cond"]) == 3 and record["cond"][2][:, -1, :2].eq(1).all()  # continues from 2
+    monkeypatch.setattr(pipe.defaults, "window", -1)
+    with pytest.raises(UserError, match="window"):
+        pipe.defaults.validate()
+
+
 @pytest.mark.parametrize("anchor", [False, True])
 def test_each_window_continues_from_the_last(pipe, record, anchor):
     c = pipe.vae.cfg.latent_channels

@@ -45,16 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--frames",
         type=_at_least(1),
-        help="frames >= 1, any number (default: the model's window). A count that is not 4k+1 is rounded "
-        "up to the next 4k+1, generated, and cut back to the count asked for. More than the window: "
+        help="frames >= 1, any number (default: the model's default length). A count that is not 4k+1 is "
+        "rounded up to the next 4k+1, generated, and cut back to the count asked for. More than the window: "
         "generated window after window, each continuing from the last --overlap latent frames of the one "
         "before, and written as decoded (memory does not grow with the length)",
     )
     g.add_argument(
         "--window",
         type=_at_least(1),
-        help="frames the model generates at once, rounded up to 4k+1 like --frames (default: the model's, "
-        "e.g. 33 = 9 latent frames)",
+        help="frames the model generates at once, rounded up to 4k+1 like --frames (default: the model's "
+        "window, e.g. 33 = 9 latent frames; 129 after 4x ExVideo post-tuning)",
     )
     g.add_argument(
         "--overlap",

@@ -76,11 +76,14 @@ class PipelineDefaults:
     sampler: str = "dpmpp_2m"  # diffusion.SAMPLERS
     negative_prompt: str = ""
     fps: float = 8.0
+    window: int = 0  # frames one window generates at once (a post-tuned model's longer window); 0 = frames
 
     def validate(self) -> PipelineDefaults:
         get_sampler(self.sampler)
         if self.frames < 1 or self.height < 1 or self.width < 1 or self.steps < 1:
             raise UserError("defaults: frames, height, width and steps must be >= 1")
+        if self.window < 0:
+            raise UserError(f"defaults: window must be >= 0 (0 = frames), got {self.window}")
         if self.guidance < 1 or self.fps <= 0:
             raise UserError("defaults: guidance must be >= 1 and fps > 0")
         return self
@@ -220,9 +223,10 @@ class VideoPipeline:
         presets). guidance > 1: classifier-free guidance against `negative_prompt` (default ""), one
         batched model call per step. The same seed gives the same video (a private torch.Generator).
 
-        More frames than `window` (default `defaults.frames`, rounded like `frames`) are generated window
-        after window (windows.py): each later window continues from the last `overlap` latent frames of
-        the one before (default 2, less if the window is shorter; 1 latent frame = f video frames),
+        More frames than `window` (default `defaults.window`, else `defaults.frames`; rounded like
+        `frames`) are generated window after window (windows.py): each later window continues from the
+        last `overlap` latent frames of the one before (default 2, less if the window is shorter; 1 latent
+        frame = f video frames),
         `anchor` adds the video's first latent frame to every later window's known frames, `cond_noise` (a
         diffusion time in [0, 1), 0 = off) noises the known frames; an image or clip is known to the first
         window. This call returns the whole video; for long ones use `generate_to_file`, whose memory does
@@ -286,7 +290,7 @@ class VideoPipeline:
             )
         frames = d.frames if frames is None else frames
         generated = generated_frames(frames, f, tp)
-        window = d.frames if window is None else window
+        window = (d.window or d.frames) if window is None else window
         window_frames = generated_frames(window, f, tp, what="window")
         plan = WindowPlan.make((generated - 1) // f + 1, (window_frames - 1) // f + 1, overlap, anchor,
                                cond_noise)  # fmt: skip
