@@ -49,7 +49,7 @@ def _overrides(out, vae: str, cache: str, **kw) -> list[str]:
         "data.shapes.height": 48, "data.shapes.width": 48, "data.shapes.num_frames": 5,
         "model.num_layers": 2, "model.num_heads": 2, "model.head_dim": 12, "text_dim": 16,
         "text_max_length": 24, "batch_size": 4, "steps": 6, "warmup": 2, "log_every": 1, "save_every": 2,
-        "threads": 1, "device": "cpu", "export": "''",
+        "threads": 1, "device": "cpu", "export": "''", "text_encoder": "auto",
     }  # fmt: skip
     base.update(kw)
     return [f"{k}={v}" for k, v in base.items()]
@@ -279,3 +279,33 @@ def test_cond_noise_augments_only_the_known_frames(tmp_path, tiny_vae, cache):
         assert a[0] == b[0] and torch.equal(a[1], b[1]) and a[2:4] == b[2:4]
     DiTTrainer(_cfg(tmp_path / "run", tiny_vae, cache, steps=2, cond_noise=0.3, **kw)).fit(progress=False)
     assert all(math.isfinite(v) for v in _losses(tmp_path / "run"))
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_stages_keep_the_text_encoder(tmp_path, tiny_vae, cache):
+    """A DiT trained in stages keeps reading the encoder it learnt: "auto" with init loads the init's, the
+    built-in one is the same whatever the run's seed, and a fresh one with init is refused."""
+    from longvideo.pipelines.video import VideoPipeline
+    from longvideo.train.dit_data import make_text_encoder
+
+    new = make_text_encoder("new:shapes", 24, 16).model
+    assert _same_weights(new, make_text_encoder("auto", 24, 16).model)
+    base = tmp_path / "base"
+    DiTTrainer(_cfg(base, tiny_vae, cache, steps=1, seed=3, export=str(base / "export"))).fit(progress=False)
+    exported = VideoPipeline.from_pretrained(base / "export").text_encoder.model
+    assert _same_weights(new, exported)
+    tr = DiTTrainer(_cfg(tmp_path / "s2", tiny_vae, cache, steps=1, seed=7, init=str(base / "export")))
+    assert _same_weights(tr.text_encoder.model, exported)
+    with pytest.raises(UserError, match="new:shapes"):
+        DiTTrainer(
+            _cfg(
+                tmp_path / "s3",
+                tiny_vae,
+                cache,
+                **{"init": str(base / "export"), "text_encoder": "new:shapes"},
+            )
+        )

@@ -71,7 +71,9 @@ class DiTTrainConfig:
     task: str = "dit"
     out: str = "runs/dit"
     vae: str = "shapes"  # a VAE folder or bundled name (frozen)
-    text_encoder: str = "new:shapes"  # a text encoder folder, or "new:shapes" = the shapes T5 built here
+    # "auto": init's text encoder if init is set (stages must keep it), else "new:shapes" = the shapes T5
+    # built here from a fixed seed; or a text encoder / pipeline folder
+    text_encoder: str = "auto"
     text_max_length: int = 32
     text_dim: int = 64  # new:shapes: the T5's width
     init: str = ""  # a pipeline folder to start the DiT from (multi-stage training), "" = fresh

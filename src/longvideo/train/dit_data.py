@@ -20,14 +20,30 @@ from longvideo.models.vae.model import CausalVAE
 from longvideo.parallel import DistEnv, barrier
 from longvideo.pipelines.inputs import scale_latents
 
+NEW_TEXT_SEED = 0  # "new:shapes" is one fixed encoder, whatever the run's seed
 
-def make_text_encoder(spec: str, max_length: int, dim: int, seed: int) -> TextEncoder:
-    """ "new:shapes": the shapes-world T5 (pipelines/tiny.py), seeded; otherwise a local folder."""
+
+def make_text_encoder(spec: str, max_length: int, dim: int, init: str = "") -> TextEncoder:
+    """ "auto": the `init` pipeline's text encoder (a DiT trained in stages keeps the encoder it learnt to
+    read), or "new:shapes" without init; "new:shapes": the shapes-world T5 (pipelines/tiny.py) built from
+    the fixed seed NEW_TEXT_SEED, the same in every run; otherwise a local folder (encoder or pipeline)."""
+    if spec == "auto":
+        if not init:
+            spec = "new:shapes"
+        else:
+            from longvideo.pipelines.folder import resolve_pipeline
+
+            spec = str(resolve_pipeline(init))
+    elif spec == "new:shapes" and init:
+        raise UserError(
+            "text_encoder 'new:shapes' with init: the init model learnt its own text encoder; use 'auto' "
+            "(the init's) or that encoder's folder"
+        )
     if spec == "new:shapes":
         from longvideo.pipelines.tiny import tiny_text_encoder
 
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.manual_seed(NEW_TEXT_SEED)
             return tiny_text_encoder(max_length=max_length, dim=dim)
     if spec.startswith("new:"):
         raise UserError(f"text_encoder {spec!r}: the only built-in one is 'new:shapes'")
@@ -132,5 +148,5 @@ def make_batches(cfg, env: DistEnv) -> LatentBatches:
             f"({env.world_size} x {cfg.grad_accum})"
         )
     vae = load_vae(cfg.vae).to(env.device)
-    text_encoder = make_text_encoder(cfg.text_encoder, cfg.text_max_length, cfg.text_dim, cfg.seed)
+    text_encoder = make_text_encoder(cfg.text_encoder, cfg.text_max_length, cfg.text_dim, cfg.init)
     return LatentBatches(cfg, env, vae, text_encoder)
