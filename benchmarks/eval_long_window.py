@@ -7,7 +7,8 @@ Modes, each on the same captions and seeds (single-object captions of the seen s
 - `base-window`: the base model, one window of all the frames (RoPE positions past its training window);
 - `base-riflex`: the base model extended without training (RIFLEx + identity adapter; extend/);
 - `tuned`: the post-tuned model, one window (skipped without --tuned);
-- `chunked`: the base model window by window (its own window, continuation conditioning).
+- `chunked`: the base model window by window (its own window, continuation conditioning);
+- `tuned-chunked`: the post-tuned model window by window (its longer window; for lengths beyond it).
 Per mode: the evaluator's rates (found, shape, motion, present) and, per object, the mean fraction of frames
 it is present in and how consistently it keeps one shape (`shape_consistency`).
 """
@@ -76,8 +77,10 @@ def main() -> None:
             riflex = copy.copy(base)
             riflex.transformer = extend_dit(base.transformer, ExtendConfig(new_frames, base_frames)).eval()
             table[mode] = judge(riflex, caps, a.frames, a.frames, a)
-        elif mode == "tuned" and a.tuned:
-            table[mode] = judge(VideoPipeline.from_pretrained(a.tuned), caps, a.frames, a.frames, a)
+        elif mode in ("tuned", "tuned-chunked") and a.tuned:
+            tuned = VideoPipeline.from_pretrained(a.tuned)
+            window = a.frames if mode == "tuned" else (tuned.defaults.window or tuned.defaults.frames)
+            table[mode] = judge(tuned, caps, a.frames, window, a)
         elif mode == "chunked":
             table[mode] = judge(base, caps, a.frames, base.defaults.frames, a)
     keys = ["found", "shape", "motion", "present", "present_frac", "shape_consistency", "seconds_per_video"]

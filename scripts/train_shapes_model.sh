@@ -8,5 +8,9 @@ longvideo train configs/shapes_vae_stage3.yaml     # stage 3: decoder only, 17-f
 longvideo eval recon --model runs/shapes_vae_stage3/export --num 32 --frames 33 --json
 longvideo train configs/shapes_dit.yaml            # DiT stage 1: caches latents of 6144 videos, then trains
 longvideo train configs/shapes_dit_stage2.yaml     # DiT stage 2: from stage 1's EMA, fresh warmup + cosine
-rm -rf src/longvideo/assets/shapes && cp -r runs/shapes_dit_stage2/export src/longvideo/assets/shapes
-python benchmarks/eval_shapes_model.py --model shapes --num 60 --json
+longvideo train configs/shapes_dit_stage3.yaml     # stage 3: more text-to-video samples (stops at 4000)
+longvideo train configs/shapes_dit_stage4.yaml     # stage 4: training / sampling times shifted (shift 3)
+rm -rf src/longvideo/assets/shapes && cp -r runs/shapes_dit_stage4/export src/longvideo/assets/shapes
+python benchmarks/eval_shapes_model.py --model shapes --num 40 --threads 2 --json
+longvideo train configs/shapes_extend.yaml         # ExVideo post-tuning: a 129-frame window (issue #6)
+python benchmarks/eval_long_window.py --tuned runs/shapes_extend/export --frames 129 --num 12
