@@ -23,16 +23,11 @@ import time
 import numpy as np
 import torch
 
-from longvideo.data.shapes import ShapesConfig, sample_video, video_rng
+from eval_shapes_model import captions  # this folder: the same caption draw as issue #5's table
 from longvideo.data.video_io import to_uint8_frames
 from longvideo.eval.shapes import evaluate, summarise
 from longvideo.extend import ExtendConfig, extend_dit
 from longvideo.pipelines.video import VideoPipeline
-
-
-def captions(n: int, seed: int) -> list[str]:
-    cfg = ShapesConfig(num_objects=[1])
-    return [sample_video(cfg, video_rng(seed, i)).caption for i in range(n)]
 
 
 def judge(pipe: VideoPipeline, caps: list[str], frames: int, window: int | None, a) -> dict:
@@ -64,7 +59,7 @@ def main() -> None:
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    caps = captions(a.num, a.seed)
+    caps = captions(a.num, a.seed, held_out=False, objects=1)
     base = VideoPipeline.from_pretrained(a.base)
     f = base.vae.cfg.temporal_factor
     base_frames = (base.defaults.frames - 1) // f + 1  # latent frames of the training window

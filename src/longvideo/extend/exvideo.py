@@ -81,9 +81,7 @@ def extended_config(base: DiTConfig, ext: ExtendConfig) -> DiTConfig:
     position = "riflex" if position == "auto" else position
     scale = ext.frames / ext.base_frames
     if position == "riflex":
-        dim = cfg._temporal_rope_dim()
-        theta = cfg.rope_theta if cfg.family == "full3d" else cfg.temporal_rope_theta
-        cfg.rope_riflex_k = intrinsic_component(dim, theta, ext.base_frames)
+        cfg.rope_riflex_k = intrinsic_component(*cfg.temporal_rope, ext.base_frames)
         cfg.rope_riflex_frames = ext.frames
     elif position == "interp":
         if cfg.family == "full3d":
@@ -103,12 +101,13 @@ def extend_dit(base: VideoDiT, ext: ExtendConfig) -> VideoDiT:
     fresh = [k for k in missing if "temporal_adapter" not in k and not k.endswith("pos_table")]
     assert not fresh, fresh  # only the new modules may be missing
     if cfg.temporal_pos_table:
+        # rows at the bounce positions of the base's own sinusoid (every motion attention has width dim)
         pos = bounce_positions(ext.frames, ext.base_frames, ext.bounce)
+        rows = sinusoid_table(ext.base_frames, cfg.dim, param.device)[pos]
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if name.endswith("pos_table"):
-                    table = sinusoid_table(ext.base_frames, p.shape[1], p.device)  # the base's positions
-                    p.copy_(table[pos].to(p.dtype))
+                    p.copy_(rows.to(p.dtype))
     return model
 
 

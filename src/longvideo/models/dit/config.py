@@ -83,9 +83,13 @@ class DiTConfig:
     def out_channels(self) -> int:
         return self.in_channels * (2 if self.learn_sigma else 1)
 
-    def _temporal_rope_dim(self) -> int:
-        """Features of head_dim rotated by frame position (full3d: the t third; parallel: all)."""
-        return self.head_dim // 3 if self.family == "full3d" else self.head_dim
+    @property
+    def temporal_rope(self) -> tuple[int, float]:
+        """(features of head_dim rotated by frame position, their theta): full3d the t third of the 3D
+        RoPE; parallel the temporal branch's 1D RoPE (the part RIFLEx / interpolation act on)."""
+        if self.family == "full3d":
+            return self.head_dim // 3, self.rope_theta
+        return self.head_dim, self.temporal_rope_theta
 
     def validate(self) -> DiTConfig:
         def need(ok: bool, msg: str) -> None:
@@ -106,7 +110,7 @@ class DiTConfig:
         need(self.temporal_pos_table == 0 or self.family == "motion", "temporal_pos_table is a motion option")
         need(self.rope_riflex_k == 0 or self.family in ("full3d", "parallel"), "rope_riflex_k needs RoPE")
         need(self.rope_riflex_k == 0 or self.rope_riflex_frames > 0, "rope_riflex_k needs rope_riflex_frames")
-        need(self.rope_riflex_k <= self._temporal_rope_dim() // 2, "rope_riflex_k is past the temporal RoPE")
+        need(self.rope_riflex_k <= self.temporal_rope[0] // 2, "rope_riflex_k is past the temporal RoPE")
         if self.family == "full3d":
             need(self.head_dim % 6 == 0, "full3d: head_dim must split into three even parts (t, h, w)")
         if self.family == "parallel":
