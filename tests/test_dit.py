@@ -148,6 +148,24 @@ def test_uvit_skips_start_inactive():
     assert not torch.allclose(model(**kw), no_skips(**kw), atol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["tiny-full3d", "tiny-parallel-mmdit"])  # adaLN-single and adaLN-zero
+def test_caption_pool_starts_inactive_and_reads_only_kept_tokens(name):
+    model = randomize_(make(name, caption_pool=True), keep=("caption_pool.linear_2",))
+    assert all((p == 0).all() for p in model.caption_pool.linear_2.parameters())
+    plain = make(name)
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if "caption_pool" not in k})
+    kw = inputs(model.cfg, n_text=6)
+    torch.testing.assert_close(model(**kw), plain(**kw), rtol=0, atol=0)
+    randomize_(model)
+    assert not torch.allclose(model(**kw), plain(**kw), atol=1e-4)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+    other = kw["text"].clone()
+    other[0, 4:] = torch.randn(2, model.cfg.text_dim) * 10
+    out = model(**kw, text_mask=mask)
+    torch.testing.assert_close(model(**{**kw, "text": other}, text_mask=mask), out, rtol=0, atol=1e-5)
+    torch.testing.assert_close(model(**kw, text_mask=torch.zeros(2, 6)), model(**kw), rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", ["tiny-parallel", "tiny-parallel-mmdit"])
 def test_parallel_branches(name):
     """T = 1: the temporal branch contributes nothing, even trained; the cross branch starts silent."""

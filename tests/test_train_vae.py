@@ -155,3 +155,26 @@ def test_cli_recon_and_bench(tmp_path, capsys):
         assert main(["bench", "vae", "--model", str(tmp_path / "v"), "--frames", "17", *extra]) == 0
         b = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert b["frames"] == 17 and b["frames_per_s"] > 0 and b["stream"] == (not extra)
+
+
+def test_recon_judge_scores_the_reconstructions():
+    from types import SimpleNamespace
+
+    from longvideo.eval.recon import shapes_recon
+
+    class Identity:  # a perfect "VAE": the judge must then agree with the captions
+        def encode(self, x):
+            return SimpleNamespace(mean=x)
+
+        def decode(self, z):
+            return z
+
+    res = shapes_recon(Identity(), num=6, frames=9, judge=True)
+    assert res["psnr"] > 99 and res["judged"]["shape"] == 1.0 and res["judged"]["present"] == 1.0
+
+    class Flat(Identity):  # everything decodes to the background: no object is found
+        def decode(self, z):
+            return z[:, :, :, :1, :1].expand_as(z)
+
+    res = shapes_recon(Flat(), num=6, frames=9, judge=True)
+    assert res["judged"]["found"] == 0.0 and "judged" not in shapes_recon(Flat(), num=1, frames=9)

@@ -90,6 +90,28 @@ def test_norm_over_time_is_a_switch_that_refuses_streaming():
             next(vae.encode_stream(split_frames(x, 1)))
 
 
+def test_rms_norm_streams_exactly_and_keeps_flat_levels():
+    from longvideo.models.vae.layers import Norm
+
+    norm = Norm(4, 0)
+    flat = torch.full((1, 4, 1, 3, 3), 2.0)
+    flat[:, 1] = -1.0
+    # per pixel over channels: rms of (2, -1, 2, 2) is sqrt(13/4); a GroupNorm would map a flat map to 0
+    assert torch.allclose(norm(flat)[0, :, 0, 0, 0], torch.tensor([2.0, -1, 2, 2]) / (13 / 4) ** 0.5)
+    assert torch.allclose(Norm(4, 4)(flat), torch.zeros_like(flat), atol=1e-3)  # one channel a group
+    torch.manual_seed(0)
+    cfg = vae_preset("tiny")
+    cfg.norm_groups = 0
+    vae = CausalVAE(cfg).eval()
+    x = torch.rand(1, 3, 13, 16, 16) * 2 - 1
+    with torch.no_grad():
+        whole = vae.encode(x).mean
+        streamed = torch.cat([p.mean for p in vae.encode_stream(split_frames(x, 1))], dim=2)
+        assert (streamed - whole).abs().max() <= 1e-5
+        chunks = torch.cat(list(vae.decode_stream(whole, chunk=2)), dim=2)
+        assert (chunks - vae.decode(whole)).abs().max() <= 1e-5
+
+
 def test_causal_conv_replicates_first_frame_and_streams_any_split():
     torch.manual_seed(0)
     conv = CausalConv3d(2, 3, 3, stride=(2, 1, 1))

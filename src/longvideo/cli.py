@@ -189,6 +189,7 @@ def _add_eval(sub) -> None:
     r.add_argument("--frames", type=int, default=33, help="frames per video, 4k+1 (default 33)")
     r.add_argument("--seed", type=int, default=10_000, help="seed of the evaluation videos")
     r.add_argument("--stream", type=int, default=0, metavar="K", help="stream in chunks of K latent frames")
+    r.add_argument("--judge", action="store_true", help="also judge the reconstructions (shapes evaluator)")
     r.add_argument("--json", action="store_true", help="print only the JSON result")
 
 
@@ -328,7 +329,9 @@ def cmd_eval_recon(a) -> None:
     if a.num <= 0 or a.frames < 1 or (a.frames - 1) % 4:
         raise UserError("eval recon: --num must be > 0 and --frames 1 + a multiple of 4 (e.g. 33)")
     vae = load_vae(a.model)
-    res = shapes_recon(vae, a.num, a.frames, a.seed, latent_chunk=a.stream, progress=not a.json)
+    res = shapes_recon(
+        vae, a.num, a.frames, a.seed, latent_chunk=a.stream, progress=not a.json, judge=a.judge
+    )
     print(json.dumps(res))
 
 

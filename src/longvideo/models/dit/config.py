@@ -41,6 +41,11 @@ class DiTConfig:
     # learned scale_shift_table); "zero" = SD3 adaLN-Zero (each block projects the embedding itself)
     adaln: str = "single"
     pooled_dim: int = 0  # pooled text vector added to the timestep embedding (SD3 / Vchitect); adaln="zero"
+    # add an MLP of the masked mean of the projected caption tokens to the timestep embedding, so a global
+    # attribute (a shape, a motion) conditions every token through adaLN, not only through cross-attention;
+    # its output layer starts at zero (a model extended with it computes the same function). Needs no
+    # pooled text encoder: works with T5 alone
+    caption_pool: bool = False
     freq_dim: int = 256  # sinusoidal timestep features
     # absolute 2D sin-cos position embedding added per frame after patchify: "none", "pixart" (positions
     # scaled to a pos_embed_base grid, any size) or "sd3" (a pos_embed_max grid, centre crop)

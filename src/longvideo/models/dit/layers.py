@@ -164,9 +164,12 @@ class AdaLNSingle(nn.Module):
         self.emb = _TimestepOnly(dim, freq_dim)
         self.linear = nn.Linear(dim, 6 * dim)
 
-    def forward(self, t: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, t: Tensor, extra: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """extra (B, D): added to the timestep embedding before the shared modulation (a caption pool)."""
         feats = timestep_features(t, self.freq_dim).to(self.linear.weight.dtype)
         temb = self.emb.timestep_embedder(feats)  # (B, D)
+        if extra is not None:
+            temb = temb + extra
         return temb, self.linear(F.silu(temb))  # (B, D), (B, 6D)
 
 
@@ -179,14 +182,14 @@ class TimeTextEmbed(nn.Module):
         self.timestep_embedder = MLPEmbedder(freq_dim, dim, "silu")
         self.text_embedder = MLPEmbedder(pooled_dim, dim, "silu") if pooled_dim else None
 
-    def forward(self, t: Tensor, pooled: Tensor | None) -> Tensor:
+    def forward(self, t: Tensor, pooled: Tensor | None, extra: Tensor | None = None) -> Tensor:
         feats = timestep_features(t, self.freq_dim).to(self.timestep_embedder.linear_1.weight.dtype)
         temb = self.timestep_embedder(feats)
         if self.text_embedder is not None:
             if pooled is None:
                 raise ValueError("this model needs `pooled` text embeddings (pooled_dim > 0)")
             temb = temb + self.text_embedder(pooled)
-        return temb
+        return temb if extra is None else temb + extra
 
 
 class AdaLNZero(nn.Module):

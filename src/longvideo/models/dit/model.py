@@ -59,6 +59,7 @@ class VideoDiT(nn.Module):
         mlp = cfg.caption_proj == "mlp"
         self.caption_projection = MLPEmbedder(cfg.text_dim, d, "gelu_tanh") if mlp else None
         self.context_embedder = None if mlp else nn.Linear(cfg.text_dim, d)
+        self.caption_pool = MLPEmbedder(d, d, "silu") if cfg.caption_pool else None
         n = cfg.num_layers
         if cfg.family == "parallel":
             blocks = [ParallelBlock(cfg, last=i == n - 1) for i in range(n)]
@@ -95,12 +96,13 @@ class VideoDiT(nn.Module):
         w[:, :c] = nn.init.xavier_uniform_(torch.empty_like(w[:, :c]).flatten(1)).view_as(w[:, :c])
         w[:, c:] = 0
         nn.init.zeros_(self.pos_embed.proj.bias)
-        embedders = [self.adaln_single, self.time_text_embed, self.caption_projection]
+        embedders = [self.adaln_single, self.time_text_embed, self.caption_projection, self.caption_pool]
         for e in (e for e in embedders if e is not None):
             for m in e.modules():
                 if isinstance(m, nn.Linear):
                     nn.init.normal_(m.weight, std=0.02)
-        zero: list[nn.Module | None] = [self.proj_out, *self.long_connect_fc]
+        pool_out = None if self.caption_pool is None else self.caption_pool.linear_2
+        zero: list[nn.Module | None] = [self.proj_out, pool_out, *self.long_connect_fc]
         for blk in self.transformer_blocks:
             if isinstance(blk, PixArtBlock):
                 zero.append(blk.attn2.to_out[0])
@@ -160,15 +162,16 @@ class VideoDiT(nn.Module):
         if self.temporal_adapter is not None:
             h = self.temporal_adapter(h.reshape(b, *grid, -1)).reshape(h.shape)
 
-        t = t.expand(b) if t.ndim == 0 else t
-        if self.adaln_single is not None:
-            temb, t6 = self.adaln_single(t)
-        else:
-            temb, t6 = self.time_text_embed(t, pooled), None
-        temb, t6 = temb.to(h.dtype), None if t6 is None else t6.to(h.dtype)
-
         proj = self.caption_projection if self.caption_projection is not None else self.context_embedder
         text = proj(text.to(h.dtype))  # (B, L, D)
+        pool = None if self.caption_pool is None else self.caption_pool(_masked_mean(text, text_mask))
+
+        t = t.expand(b) if t.ndim == 0 else t
+        if self.adaln_single is not None:
+            temb, t6 = self.adaln_single(t, pool)
+        else:
+            temb, t6 = self.time_text_embed(t, pooled, pool), None
+        temb, t6 = temb.to(h.dtype), None if t6 is None else t6.to(h.dtype)
         if cfg.text_stream:  # one copy of the text per frame: (B, T*L, D)
             text = text[:, None].expand(-1, grid[0], -1, -1).flatten(1, 2)
         c = BlockInputs(grid, temb, t6, self._text_mask(text_mask), self._rope(grid, x.device))
@@ -225,3 +228,12 @@ def build_dit(preset_or_cfg: str | DiTConfig, device: torch.device | str = "meta
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def _masked_mean(text: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean of (B, L, D) over the kept tokens of mask (B, L) (all of them when none is kept) -> (B, D)."""
+    if mask is None:
+        return text.mean(1)
+    w = mask.to(text.dtype)
+    w = torch.where(w.sum(1, keepdim=True) > 0, w, torch.ones_like(w))[..., None]  # (B, L, 1)
+    return (text * w).sum(1) / w.sum(1)

@@ -98,23 +98,48 @@ class FrameConv2d(nn.Conv2d):
 
 
 class Norm(nn.Module):
-    """GroupNorm per frame (streamable), or over (T, H, W) together as Open-Sora-Plan v1.2 does."""
+    """GroupNorm per frame (streamable), or over (T, H, W) together as Open-Sora-Plan v1.2 does.
+
+    `groups=0` is an RMS norm over the channels of each pixel (Wan 2.1's VAE): no statistic spans space or
+    time, so a flat frame keeps its level (a GroupNorm subtracts each group's spatial mean: the colour of a
+    flat background must then hide in ratios between channels), and it streams exactly.
+    """
 
     def __init__(self, channels: int, groups: int, over_time: bool = False):
         super().__init__()
-        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
-        self.over_time = over_time
+        if groups == 0:
+            self.norm = ChannelRMSNorm(channels)
+        else:
+            self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.over_time = over_time and groups != 0
 
     @property
     def weight(self) -> Tensor:
         return self.norm.weight
 
     def forward(self, x: Tensor, state: StreamState | None = None) -> Tensor:
+        if isinstance(self.norm, ChannelRMSNorm):
+            return self.norm(x)  # per pixel: any layout, any chunking
         if self.over_time:
             if state is not None:
                 raise ValueError("GroupNorm over time (norm_over_time=True) cannot be streamed exactly")
             return self.norm(x)  # statistics span all frames: chunking would change them
         return from_frames(self.norm(to_frames(x)), x.shape[0])
+
+
+class ChannelRMSNorm(nn.Module):
+    """x / rms over dim 1 (channels) * weight + bias, for (B, C, ...) tensors."""
+
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        x = x * torch.rsqrt(x.pow(2).mean(1, keepdim=True) + self.eps)
+        return x * self.weight.view(shape) + self.bias.view(shape)
 
 
 # ----------------------------------------------------------------------------- causal temporal layers

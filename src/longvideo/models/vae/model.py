@@ -66,7 +66,7 @@ class VAEConfig:
     # EasyAnimate's "3d" mid attention (Attention3D): one attention over all pixels of all frames, its
     # GroupNorm over them too (not streamable); False attends within each frame
     mid_attention_over_time: bool = False
-    norm_groups: int = 32
+    norm_groups: int = 32  # GroupNorm groups; 0 = RMS norm over channels per pixel (Wan 2.1, see layers.Norm)
     norm_over_time: bool = False  # OSP v1.2: GroupNorm statistics over all frames (not streamable)
     # with norm_over_time, False keeps the "2d" ResBlocks' norms per frame: OSP's ResnetBlock2D runs frame
     # by frame (its GroupNorm sees one frame), only its 3D blocks, mid attention and norm_out span time
@@ -120,8 +120,10 @@ class VAEConfig:
                 )
         if any(s <= 0 for s in self.latents_std):
             raise ValueError("latents_std values must be > 0")
+        if self.norm_groups < 0:
+            raise ValueError("norm_groups must be >= 0 (0: RMS norm per pixel)")
         for c in (self.base_channels * m for m in self.channel_mult):
-            if c % self.norm_groups:
+            if self.norm_groups and c % self.norm_groups:
                 raise ValueError(f"channels {c} not divisible by norm_groups {self.norm_groups}")
         return self
 
