@@ -309,3 +309,22 @@ def test_stages_keep_the_text_encoder(tmp_path, tiny_vae, cache):
                 **{"init": str(base / "export"), "text_encoder": "new:shapes"},
             )
         )
+
+
+def test_init_may_add_zero_branches_but_not_change_the_model(tmp_path, tiny_vae, cache):
+    """A stage may switch on a zero-initialised branch (caption_pool): same function at its start; any other
+    difference from the init transformer is a one-line error."""
+    base = tmp_path / "base"
+    DiTTrainer(_cfg(base, tiny_vae, cache, steps=1, export=str(base / "export"))).fit(progress=False)
+    init = str(base / "export")
+    pooled = DiTTrainer(
+        _cfg(tmp_path / "p", tiny_vae, cache, steps=1, init=init, **{"model.caption_pool": True})
+    )
+    plain = DiTTrainer(_cfg(tmp_path / "q", tiny_vae, cache, steps=1, init=init))
+    g = torch.Generator().manual_seed(0)
+    x, text = torch.randn(2, 4, 2, 6, 6, generator=g), torch.randn(2, 5, 16, generator=g)
+    t = torch.tensor([100.0, 900.0])
+    with torch.no_grad():
+        torch.testing.assert_close(pooled.model(x, t, text), plain.model(x, t, text), rtol=0, atol=0)
+    with pytest.raises(UserError, match="does not match the init"):
+        DiTTrainer(_cfg(tmp_path / "r", tiny_vae, cache, steps=1, init=init, **{"model.num_layers": 3}))

@@ -193,9 +193,7 @@ class DiTTrainer:
         if cfg.init:
             from longvideo.pipelines import folder as fs
 
-            model.load_state_dict(
-                fs.load_transformer(fs.resolve_pipeline(cfg.init) / "transformer").state_dict()
-            )
+            _load_init(model, fs.load_transformer(fs.resolve_pipeline(cfg.init) / "transformer").state_dict())
         if cfg.extend.frames:
             model = extend_dit(model, cfg.extend)
             if not cfg.trainable:
@@ -450,3 +448,18 @@ def _jsonable(x):
     if isinstance(x, list | tuple):
         return [_jsonable(v) for v in x]
     return x
+
+
+# branches that start at zero, so a trained model without them may be loaded into a config that adds them
+# and compute the same function (a stage can switch them on)
+ZERO_INIT_BRANCHES = ("caption_pool.",)
+
+
+def _load_init(model: torch.nn.Module, sd: dict) -> None:
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if not k.startswith(ZERO_INIT_BRANCHES)]
+    if missing or unexpected:
+        raise UserError(
+            f"init: the model config does not match the init transformer (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]})"
+        )
