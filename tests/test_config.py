@@ -1,6 +1,7 @@
 """YAML + key=value overrides onto typed dataclasses; unknown keys are errors."""
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +64,16 @@ def test_errors_are_one_line(tmp_path, yaml_text, overrides, msg):
 def test_missing_file():
     with pytest.raises(UserError, match="not found"):
         load_config(Job, "/nonexistent/job.yaml")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")))
+def test_shipped_training_configs_load(path):
+    """Every recipe in configs/ parses against its trainer's schema and passes validation."""
+    import yaml
+
+    from longvideo.train.dit import DiTTrainConfig
+    from longvideo.train.vae import VAETrainConfig
+
+    task = yaml.safe_load(path.read_text())["task"]
+    cfg = load_config({"vae": VAETrainConfig, "dit": DiTTrainConfig}[task], path)
+    assert cfg.task == task and cfg.steps > 0
