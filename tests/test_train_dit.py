@@ -18,7 +18,7 @@ import torch
 import torch.multiprocessing as mp
 
 from longvideo.config import load_config
-from longvideo.data.latent_cache import LatentCache
+from longvideo.data.latent_cache import LatentCache, build_latent_cache
 from longvideo.errors import UserError
 from longvideo.models.vae.io import save_vae
 from longvideo.models.vae.model import CausalVAE, vae_preset
@@ -74,6 +74,30 @@ def test_latent_cache_and_stats(cache, tiny_vae):
     assert z.dtype == torch.float32 and caption.startswith("a ")
     mean, std = lc.channel_stats()
     assert len(mean) == 4 and all(s > 0 for s in std)
+
+
+def test_latent_cache_refuses_another_encoder(tmp_path):
+    """Same VAE config, other encoder weights -> other latents: refused, never mixed. A new decoder or new
+    latent statistics leave the latents as they are: the cache is kept."""
+    torch.manual_seed(0)
+    vae = CausalVAE(vae_preset("tiny"))
+    items = lambda i: (torch.zeros(3, 5, 16, 16) + i / 10, {"caption": f"clip {i}"})  # noqa: E731
+    build_latent_cache(tmp_path, vae, items, 4, {"kind": "test"}, shard_size=2, progress=False)
+    first = LatentCache(tmp_path).latents.clone()
+    (tmp_path / "shard_000001.safetensors").unlink()  # an interrupted build resumes with the same VAE
+    with torch.no_grad():
+        next(vae.decoder.parameters()).add_(1.0)
+    vae.cfg.latents_mean, vae.cfg.latents_std = [0.5] * 4, [2.0] * 4
+    build_latent_cache(tmp_path, vae, items, 4, {"kind": "test"}, shard_size=2, progress=False)
+    assert torch.equal(LatentCache(tmp_path).latents, first)
+    with torch.no_grad():
+        next(vae.encoder.parameters()).add_(1e-3)
+    with pytest.raises(UserError, match="another VAE encoder"):
+        build_latent_cache(tmp_path, vae, items, 4, {"kind": "test"}, shard_size=2, progress=False)
+    meta = tmp_path / "cache.json"  # a cache written before encoder digests: refused, not trusted
+    meta.write_text(json.dumps(json.loads(meta.read_text()) | {"format": 1}))
+    with pytest.raises(UserError, match="older format"):
+        build_latent_cache(tmp_path, vae, items, 4, {"kind": "test"}, shard_size=2, progress=False)
 
 
 def test_resume_is_exact(tmp_path, tiny_vae, cache):

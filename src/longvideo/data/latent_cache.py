@@ -6,11 +6,14 @@
 
 Latents are stored unscaled, so a change of the VAE's latent statistics does not need a re-encode. Each
 shard is written under a temporary name and renamed, so an interrupted build resumes at the first missing
-shard; `cache.json` is compared on a rerun and a cache of other settings is refused, never mixed.
+shard; `cache.json` is compared on a rerun and a cache of other settings is refused, never mixed. The
+identity includes a digest of the encoder's weights: a retrained VAE of the same config gives other latents
+(a decoder-only fine-tune does not, and keeps its caches).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -39,6 +42,26 @@ def shapes_items(cfg: ShapesConfig, seed: int) -> Callable[[int], Item]:
     return item
 
 
+CACHE_FORMAT = 2
+STATS = ("latents_mean", "latents_std")  # set from the cache itself, so not part of its identity
+
+
+def encoder_digest(vae: CausalVAE) -> str:
+    """sha256 of the weights that make latents (encoder + quant_conv), in key order."""
+    h = hashlib.sha256()
+    for k, v in sorted(vae.state_dict().items()):
+        if k.startswith(("encoder.", "quant_conv.")):
+            h.update(k.encode())
+            h.update(v.detach().to(torch.float32).contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def cache_identity(vae: CausalVAE, source: dict) -> dict:
+    """What a cache's latents depend on: the items, the VAE's config and its encoder's weights."""
+    cfg = {k: v for k, v in asdict(vae.cfg).items() if k not in STATS}
+    return {"source": source, "vae": cfg, "encoder_sha256": encoder_digest(vae), "format": CACHE_FORMAT}
+
+
 def build_latent_cache(
     out: str | Path,
     vae: CausalVAE,
@@ -55,11 +78,16 @@ def build_latent_cache(
         raise UserError("latent cache: n, shard_size and batch must be >= 1")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    info = {"source": source, "vae": asdict(vae.cfg), "n": n, "shard_size": shard_size, "format": 1}
+    info = cache_identity(vae, source) | {"n": n, "shard_size": shard_size}
     meta = out / "cache.json"
     if meta.exists():
-        if json.loads(meta.read_text()) != info:
-            raise UserError(f"{out} holds a latent cache of other settings: choose another folder")
+        old = json.loads(meta.read_text())
+        if old.get("format") != CACHE_FORMAT:
+            raise UserError(f"{out} holds a latent cache of an older format (no encoder digest): rebuild it")
+        if old != info:
+            same_encoder = old.get("encoder_sha256") == info["encoder_sha256"]
+            what = "other settings" if same_encoder else "another VAE encoder"
+            raise UserError(f"{out} holds a latent cache of {what}: choose another folder")
     else:
         _atomic_write_text(meta, json.dumps(info, indent=1))
     shards = range((n + shard_size - 1) // shard_size)
