@@ -33,7 +33,10 @@ from longvideo.pipelines.video import VideoPipeline
 def judge(pipe: VideoPipeline, caps: list[str], frames: int, window: int | None, a) -> dict:
     results, t0 = [], time.perf_counter()
     for i, caption in enumerate(caps):
-        video = pipe(caption, frames=frames, seed=i, window=window, steps=a.steps, progress=False)
+        video = pipe(
+            caption, frames=frames, seed=i, window=window, steps=a.steps, anchor=a.anchor,
+            cond_noise=a.cond_noise, progress=False,
+        )  # fmt: skip
         results.append(evaluate(to_uint8_frames(video[0]), caption))
     s = summarise(results)
     dets = [o["detected"] for r in results for o in r["objects"]]
@@ -56,6 +59,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--modes", nargs="+", default=["base-window", "base-riflex", "tuned", "chunked"])
+    p.add_argument("--anchor", action="store_true", help="chunked modes: keep the first latent frame known")
+    p.add_argument("--cond-noise", type=float, default=0.0, help="chunked modes: noise the known frames")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -82,7 +87,8 @@ def main() -> None:
     print(f"{'mode':12s} " + " ".join(f"{k[:12]:>12s}" for k in keys))
     for mode, row in table.items():
         print(f"{mode:12s} " + " ".join(f"{row.get(k, 0)!s:>12s}" for k in keys))
-    print(json.dumps({"frames": a.frames, "num": a.num, "base": a.base, "tuned": a.tuned, "modes": table}))
+    run = {"frames": a.frames, "num": a.num, "base": a.base, "tuned": a.tuned, "anchor": a.anchor}
+    print(json.dumps(run | {"cond_noise": a.cond_noise, "modes": table}))
 
 
 if __name__ == "__main__":
