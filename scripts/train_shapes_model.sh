@@ -13,9 +13,11 @@ longvideo train configs/shapes_dit_stage3.yaml     # stage 3: more text-to-video
 longvideo train configs/shapes_dit_stage4.yaml     # stage 4: training / sampling times shifted (shift 3)
 longvideo train configs/shapes_vae_v2.yaml         # VAE 2: Adam (0.9, 0.999) at 3e-4, posterior mean
 longvideo train configs/shapes_vae_v2_stage2.yaml  # VAE 2, more steps (stops at 3000)
-longvideo eval recon --model runs/shapes_vae_v2_stage2/export --num 32 --frames 33 --judge --json
+longvideo train configs/shapes_vae_v2_stage3.yaml  # VAE 2, decoder only (the encoder, so the latents, unchanged)
+longvideo eval recon --model runs/shapes_vae_v2_stage3/export --num 32 --frames 33 --judge --json
 longvideo train configs/shapes_dit_v2.yaml         # the DiT of stage 4 on VAE 2's latents (new cache)
 longvideo train configs/shapes_extend_v2.yaml      # ExVideo post-tuning: a 129-frame window (issue #6)
-rm -rf src/longvideo/assets/shapes && cp -r runs/shapes_extend_v2/export src/longvideo/assets/shapes
+python scripts/swap_vae.py runs/shapes_extend_v2/export runs/shapes_vae_v2_stage3/export runs/shapes_shipped
+rm -rf src/longvideo/assets/shapes && cp -r runs/shapes_shipped src/longvideo/assets/shapes
 python benchmarks/eval_shapes_model.py --model shapes --num 40 --threads 2 --json
 python benchmarks/eval_long_window.py --tuned runs/shapes_extend_v2/export --base runs/shapes_dit_v2/export --frames 129 --num 10
