@@ -14,6 +14,7 @@ import sys
 import torch
 
 from longvideo.models.vae.io import load_vae
+from longvideo.models.vae.model import CausalVAE
 from longvideo.pipelines.video import VideoPipeline
 
 
@@ -21,7 +22,7 @@ def main(pipeline: str, vae_dir: str, out: str) -> None:
     pipe = VideoPipeline.from_pretrained(pipeline)
     new = load_vae(vae_dir)
     old_sd, new_sd = pipe.vae.state_dict(), new.state_dict()
-    frozen = [k for k in old_sd if k.startswith(("encoder.", "quant_conv."))]
+    frozen = [k for k in old_sd if k.split(".")[0] in CausalVAE.LATENT_PATH]
     bad = [k for k in frozen if not torch.equal(old_sd[k], new_sd[k])]
     if not frozen or bad:
         sys.exit(f"encoders differ ({len(bad)} of {len(frozen)} weights, e.g. {bad[:2]}): retrain the DiT")

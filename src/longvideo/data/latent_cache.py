@@ -47,10 +47,10 @@ STATS = ("latents_mean", "latents_std")  # set from the cache itself, so not par
 
 
 def encoder_digest(vae: CausalVAE) -> str:
-    """sha256 of the weights that make latents (encoder + quant_conv), in key order."""
+    """sha256 of the weights that make latents (CausalVAE.LATENT_PATH), in key order."""
     h = hashlib.sha256()
     for k, v in sorted(vae.state_dict().items()):
-        if k.startswith(("encoder.", "quant_conv.")):
+        if k.split(".")[0] in CausalVAE.LATENT_PATH:
             h.update(k.encode())
             h.update(v.detach().to(torch.float32).contiguous().cpu().numpy().tobytes())
     return h.hexdigest()

@@ -112,8 +112,8 @@ class VAETrainer:
         if cfg.init:
             cfg.model = self.vae.cfg
         if cfg.stage == "decoder":
-            for m in (self.vae.encoder, self.vae.quant_conv):
-                m.requires_grad_(False)
+            for name in CausalVAE.LATENT_PATH:
+                getattr(self.vae, name).requires_grad_(False)
         params = [p for p in self.vae.parameters() if p.requires_grad]
         self.opt = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas))
         # EMA over the trained parameters only: a decoder-only stage keeps the encoder (the latent space a

@@ -261,6 +261,9 @@ class DiagonalGaussian:
 
 
 class CausalVAE(nn.Module):
+    # The submodules that make latents: equal weights here = equal latents (decoder-only stages keep them).
+    LATENT_PATH = ("encoder", "quant_conv")
+
     def __init__(self, cfg: VAEConfig):
         super().__init__()
         self.cfg = cfg.validate()
