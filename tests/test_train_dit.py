@@ -352,3 +352,36 @@ def test_init_may_add_zero_branches_but_not_change_the_model(tmp_path, tiny_vae,
         torch.testing.assert_close(pooled.model(x, t, text), plain.model(x, t, text), rtol=0, atol=0)
     with pytest.raises(UserError, match="does not match the init"):
         DiTTrainer(_cfg(tmp_path / "r", tiny_vae, cache, steps=1, init=init, **{"model.num_layers": 3}))
+
+
+def test_init_into_a_smaller_patch(tmp_path, tiny_vae, cache):
+    """A DiT with 1x1 patches starts from a trained 2x2 one: same blocks; a token embeds its one cell as the
+    old token embedded a patch filled with it, and outputs the old token's values pooled. Growing the patch,
+    or a block of another shape, is a one-line error."""
+    base = tmp_path / "base"
+    DiTTrainer(_cfg(base, tiny_vae, cache, steps=2, export=str(base / "export"))).fit(progress=False)
+    init = str(base / "export")
+    old = DiTTrainer(_cfg(tmp_path / "o", tiny_vae, cache, steps=1, init=init)).model
+    assert list(old.cfg.patch_size) == [1, 2, 2]
+    small = {"model.patch_size": [1, 1, 1], "model.rope_scale": [1, 2, 2]}
+    tr = DiTTrainer(_cfg(tmp_path / "n", tiny_vae, cache, steps=2, init=init, **small))
+    new = tr.model
+    osd, nsd = old.state_dict(), new.state_dict()
+    blocks = [k for k in osd if k.startswith("transformer_blocks.")]
+    assert blocks and all(torch.equal(osd[k], nsd[k]) for k in blocks)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        cells = torch.randn(2, old.pos_embed.proj.in_channels, 2, 3, 3, generator=g)
+        filled = cells.repeat_interleave(2, dim=3).repeat_interleave(2, dim=4)  # each cell fills a 2x2 patch
+        torch.testing.assert_close(new.pos_embed.proj(cells), old.pos_embed.proj(filled))
+        h = torch.randn(5, old.cfg.dim, generator=g)
+        pooled = old.proj_out(h).reshape(5, 2, 2, old.cfg.out_channels).mean(dim=(1, 2))
+        torch.testing.assert_close(new.proj_out(h), pooled)
+    tr.fit(progress=False)
+    assert all(math.isfinite(x) for x in _losses(tmp_path / "n"))
+    tiny = str(tmp_path / "n" / "export")
+    tr.export(tiny)
+    with pytest.raises(UserError, match="must divide"):
+        DiTTrainer(_cfg(tmp_path / "g", tiny_vae, cache, steps=1, init=tiny))
+    with pytest.raises(UserError, match="does not match the init"):
+        DiTTrainer(_cfg(tmp_path / "h", tiny_vae, cache, steps=1, init=init, **{"model.num_heads": 3}))

@@ -49,6 +49,7 @@ from longvideo.train.checkpoint import latest_checkpoint, load_checkpoint, save_
 from longvideo.train.dit_data import LatentBatches, make_batches
 from longvideo.train.ema import EMA
 from longvideo.train.lora import LoRAConfig
+from longvideo.train.warm_start import load_init
 
 PRECISIONS = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -193,7 +194,9 @@ class DiTTrainer:
         if cfg.init:
             from longvideo.pipelines import folder as fs
 
-            _load_init(model, fs.load_transformer(fs.resolve_pipeline(cfg.init) / "transformer").state_dict())
+            note = load_init(model, fs.load_transformer(fs.resolve_pipeline(cfg.init) / "transformer"))
+            if note and self.env.main:
+                print(note, flush=True)
         if cfg.extend.frames:
             model = extend_dit(model, cfg.extend)
             if not cfg.trainable:
@@ -448,18 +451,3 @@ def _jsonable(x):
     if isinstance(x, list | tuple):
         return [_jsonable(v) for v in x]
     return x
-
-
-# branches that start at zero, so a trained model without them may be loaded into a config that adds them
-# and compute the same function (a stage can switch them on)
-ZERO_INIT_BRANCHES = ("caption_pool.",)
-
-
-def _load_init(model: torch.nn.Module, sd: dict) -> None:
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    missing = [k for k in missing if not k.startswith(ZERO_INIT_BRANCHES)]
-    if missing or unexpected:
-        raise UserError(
-            f"init: the model config does not match the init transformer (missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]})"
-        )
