@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -81,6 +82,10 @@ def test_data_shapes_held_out_only(tmp_path, capsys):
         (["eval", "shapes"], "exactly one of"),
         (["generate", "a red circle", "--model", "nope"], "no pipeline 'nope'"),
         (["train", "{tmp}/x.yaml"], "config file not found"),
+        # a model's own config checks (ValueError in the library) are one-line errors naming the key
+        (["train", "{root}/configs/shapes_dit.yaml", "model.head_dim=32"], "model: DiTConfig: full3d"),
+        (["train", "{root}/configs/shapes_dit.yaml", "model.num_layers=0"], "config: model: DiTConfig"),
+        (["train", "{root}/configs/shapes_vae.yaml", "model.latent_channels=0"], "config: model: channel"),
         (["eval", "recon", "--frames", "10"], "--frames"),
         (["frobnicate"], "invalid choice"),
         ([], "required"),
@@ -88,7 +93,8 @@ def test_data_shapes_held_out_only(tmp_path, capsys):
 )
 def test_bad_input_one_line_exit_2(tmp_path, capsys, argv, needle):
     (tmp_path / "file.txt").write_text("not a video")
-    code, _, err = run(capsys, *[a.replace("{tmp}", str(tmp_path)) for a in argv])
+    root = str(Path(__file__).resolve().parents[1])
+    code, _, err = run(capsys, *[a.replace("{tmp}", str(tmp_path)).replace("{root}", root) for a in argv])
     assert_one_line_error(code, err, needle)
 
 

@@ -41,14 +41,18 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
     return obj
 
 
-def _validate_tree(obj: Any) -> None:
-    """Run every component's own `validate()` (range and name checks raising UserError), leaves first."""
+def _validate_tree(obj: Any, where: str = "") -> None:
+    """Run every component's own `validate()`, leaves first. Trainer configs raise UserError; a model's
+    config raises ValueError (it is a library class too), made here a one-line error naming the key."""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
-            _validate_tree(value)
+            _validate_tree(value, f"{where}{f.name}.")
     if callable(getattr(obj, "validate", None)):
-        obj.validate()
+        try:
+            obj.validate()
+        except ValueError as e:
+            raise UserError(f"config: {where.rstrip('.') or type(obj).__name__}: {e}") from None
 
 
 def to_dict(cfg: Any) -> dict:

@@ -102,6 +102,8 @@ class DiTConfig:
                 raise ValueError(f"DiTConfig: {msg}")
 
         need(self.family in FAMILIES, f"family {self.family!r} not in {FAMILIES}")
+        sizes = (self.in_channels, self.num_layers, self.num_heads, self.head_dim, self.text_dim)
+        need(min(sizes) > 0 and self.ff_mult > 0, "channels, layers, heads, head_dim and ff_mult must be > 0")
         need(len(self.patch_size) == 3 and min(self.patch_size) >= 1, "patch_size is (t, h, w), each >= 1")
         need(self.caption_proj in ("mlp", "linear"), "caption_proj is 'mlp' or 'linear'")
         need(self.adaln in ("single", "zero"), "adaln is 'single' or 'zero'")

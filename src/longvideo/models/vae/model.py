@@ -94,6 +94,9 @@ class VAEConfig:
 
     def validate(self) -> VAEConfig:
         n = len(self.channel_mult)
+        sizes = (self.in_channels, self.latent_channels, self.base_channels, self.num_res_blocks, n)
+        if min(sizes) < 1 or min(self.channel_mult) < 1:
+            raise ValueError("channel counts, channel_mult and num_res_blocks must be >= 1")
         for name in ("encoder_blocks", "decoder_blocks", "down", "up"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"{name} needs one entry per level ({n})")
