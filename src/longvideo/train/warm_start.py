@@ -29,7 +29,7 @@ def load_init(model: VideoDiT, init: VideoDiT) -> str:
     sd, note = init.state_dict(), ""
     old, new = tuple(init.cfg.patch_size), tuple(model.cfg.patch_size)
     if old != new:
-        sd = resize_patch(sd, old, new, model.cfg.out_channels)
+        sd = resize_patch(sd, old, new, init.cfg.out_channels)  # the init's layout; shapes checked below
         note = (
             f"init: patch {old} -> {new}: embedding cells summed, output values averaged "
             f"(rope_scale {list(model.cfg.rope_scale)})"
