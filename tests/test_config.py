@@ -20,6 +20,8 @@ class Optim:
 class Job:
     name: str = "run"
     steps: int = 10
+    precision: str = "no"
+    ema: bool = False
     optim: Optim = field(default_factory=Optim)
     data: ShapesConfig = field(default_factory=ShapesConfig)
 
@@ -32,6 +34,19 @@ def test_defaults_yaml_overrides(tmp_path):
     assert cfg.steps == 50 and cfg.optim.lr == 3e-4 and cfg.optim.betas == [0.5, 0.9]
     assert cfg.data.colors == ["red", "blue"] and cfg.data.num_frames == 9 and cfg.name == "shapes"
     assert load_config(Job) == Job()
+
+
+def test_yaml_1_2_scalars(tmp_path):
+    """no/yes/on/off stay strings in a str field (YAML 1.1 made `precision: no` the string "False"); a bool
+    field still takes them; 1e-4 is a float in files and overrides; nested overrides merge."""
+    p = tmp_path / "job.yaml"
+    p.write_text("precision: no\nema: yes\noptim:\n  lr: 1e-3\n")
+    cfg = load_config(Job, p)
+    assert cfg.precision == "no" and cfg.ema is True and cfg.optim.lr == 1e-3
+    overrides = ["precision=off", "ema=false", "optim.lr=2e-4", "optim.betas=[0.5,0.9]", "name="]
+    cfg = load_config(Job, p, overrides)
+    assert cfg.precision == "off" and cfg.ema is False and cfg.optim.lr == 2e-4
+    assert cfg.optim.betas == [0.5, 0.9] and cfg.name == ""
 
 
 def test_save_and_reload(tmp_path):
@@ -51,6 +66,8 @@ def test_save_and_reload(tmp_path):
         ("", ["data.colors=[pink]"], "unknown color 'pink'"),  # the component's own validation runs
         ("[1, 2]\n", [], "mapping"),
         ("steps: [unclosed\n", [], "not valid YAML"),
+        ("", ["steps=[unclosed"], "bad override"),
+        ("", ["optim=3", "optim.lr=1"], "bad override"),
     ],
 )
 def test_errors_are_one_line(tmp_path, yaml_text, overrides, msg):

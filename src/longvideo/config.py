@@ -10,6 +10,7 @@ dataclass instance, so no OmegaConf object leaks into the rest of the code.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,6 +22,28 @@ from omegaconf.errors import OmegaConfBaseException
 from longvideo.errors import UserError
 
 T = TypeVar("T")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2's booleans and floats: only true/false are booleans (YAML 1.1 also reads yes/no/
+    on/off, which turned `mixed_precision: no` into the string "False"; a bool field still takes them), and
+    1e-4 is a float (YAML 1.1 wants 1.0e-4)."""
+
+
+_BOOL, _FLOAT = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:float"
+_Loader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag not in (_BOOL, _FLOAT)]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_Loader.add_implicit_resolver(
+    _FLOAT,
+    re.compile(
+        r"^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
@@ -68,7 +91,7 @@ def _read_yaml(path: Path):
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_Loader)
     except yaml.YAMLError as e:
         raise UserError(f"config file {path} is not valid YAML: {_one_line(e)}") from None
     if data is None:
@@ -79,12 +102,24 @@ def _read_yaml(path: Path):
 
 
 def _parse_overrides(overrides: Sequence[str]):
+    tree: dict = {}
     for o in overrides:
-        key, sep, _ = o.partition("=")
+        key, sep, text = o.partition("=")
         if not sep or not key or not all(part.isidentifier() for part in key.split(".")):
             raise UserError(f"bad override {o!r}: expected key=value (dotted keys for nested fields)")
+        try:
+            value = yaml.load(text, Loader=_Loader) if text else ""
+        except yaml.YAMLError as e:
+            raise UserError(f"bad override {o!r}: {_one_line(e)}") from None
+        *parents, leaf = key.split(".")
+        node = tree
+        for part in parents:
+            if not isinstance(node.get(part, {}), dict):
+                raise UserError(f"bad override {o!r}: {part} is set to a value above")
+            node = node.setdefault(part, {})
+        node[leaf] = value
     try:
-        return OmegaConf.from_dotlist(list(overrides))
+        return OmegaConf.create(tree)
     except OmegaConfBaseException as e:
         raise UserError(f"bad override: {_one_line(e)}") from None
 
