@@ -1,6 +1,7 @@
 """Flow-matching loss of a pipeline's DiT by diffusion time, on latents of a cache: where does it learn?
 
     python benchmarks/dit_loss_by_time.py --model shapes --cache runs/shapes_latents
+    python benchmarks/dit_loss_by_time.py ... --range 6144 12288   # only latents i in [6144, 12288)
 
 Each of --num latents (spread over the cache) is noised at each t with a fixed generator and the velocity the
 DiT predicts is compared with its target (text-to-video: empty conditioning). Two references per t: the same
@@ -27,11 +28,15 @@ def main() -> None:
     p.add_argument("--num", type=int, default=64)
     p.add_argument("--times", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7, 0.9, 0.97])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--range", type=int, nargs=2, metavar=("LO", "HI"), help="latents lo <= i < hi only")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     pipe = VideoPipeline.from_pretrained(a.model)
     lc = LatentCache(a.cache)
-    idx = [i * len(lc) // a.num for i in range(a.num)]
+    lo, hi = a.range or (0, len(lc))
+    if not 0 <= lo < hi <= len(lc):
+        p.error(f"--range must lie in [0, {len(lc)}]")
+    idx = [lo + i * (hi - lo) // a.num for i in range(a.num)]
     x0 = scale_latents(torch.stack([lc[i][0] for i in idx]), pipe.vae.cfg)  # (N, C, K, h, w)
     text, mask = pipe.text_encoder.encode([lc.rows[i]["caption"] for i in idx])
     cond = torch.zeros(len(idx), pipe.transformer.cfg.cond_channels, *x0.shape[2:])

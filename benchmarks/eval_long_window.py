@@ -10,7 +10,9 @@ Modes, each on the same captions and seeds (single-object captions of the seen s
 - `chunked`: the base model window by window (its own window, continuation conditioning);
 - `tuned-chunked`: the post-tuned model window by window (its longer window; for lengths beyond it).
 Per mode: the evaluator's rates (found, shape, motion, present) and, per object, the mean fraction of frames
-it is present in and how consistently it keeps one shape (`shape_consistency`).
+it is present in and how consistently it keeps one shape (`shape_consistency`). `--results FILE` writes one
+JSON line per video with its object's presence in consecutive spans of `--timeline` frames (where a long
+video loses its object: from the start, or at a window hand-over).
 """
 
 from __future__ import annotations
@@ -25,19 +27,25 @@ import torch
 
 from eval_shapes_model import captions  # this folder: the same caption draw as issue #5's table
 from longvideo.data.video_io import to_uint8_frames
-from longvideo.eval.shapes import evaluate, summarise
+from longvideo.eval.shapes import ShapesEvalConfig, evaluate, summarise
 from longvideo.extend import ExtendConfig, extend_dit
 from longvideo.pipelines.video import VideoPipeline
 
 
-def judge(pipe: VideoPipeline, caps: list[str], frames: int, window: int | None, a) -> dict:
+def judge(pipe: VideoPipeline, caps: list[str], frames: int, window: int | None, a, mode: str) -> dict:
     results, t0 = [], time.perf_counter()
+    ecfg = ShapesEvalConfig(timeline=a.timeline)
     for i, caption in enumerate(caps):
         video = pipe(
             caption, frames=frames, seed=i, window=window, steps=a.steps, anchor=a.anchor,
             cond_noise=a.cond_noise, progress=False,
         )  # fmt: skip
-        results.append(evaluate(to_uint8_frames(video[0]), caption))
+        results.append(evaluate(to_uint8_frames(video[0]), caption, ecfg))
+        if a.results:
+            d = results[-1]["objects"][0]["detected"]
+            row = {"mode": mode, "seed": i, "caption": caption, "present_frac": d["present_frac"]}
+            with open(a.results, "a") as fh:
+                fh.write(json.dumps(row | {"present_timeline": d.get("present_timeline")}) + "\n")
     s = summarise(results)
     dets = [o["detected"] for r in results for o in r["objects"]]
     return s["all"] | {
@@ -61,6 +69,8 @@ def main() -> None:
     p.add_argument("--modes", nargs="+", default=["base-window", "base-riflex", "tuned", "chunked"])
     p.add_argument("--anchor", action="store_true", help="chunked modes: keep the first latent frame known")
     p.add_argument("--cond-noise", type=float, default=0.0, help="chunked modes: noise the known frames")
+    p.add_argument("--results", default=None, help="append one JSON line per video here")
+    p.add_argument("--timeline", type=int, default=128, help="--results: presence per span of N frames")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -72,17 +82,17 @@ def main() -> None:
     table = {}
     for mode in a.modes:
         if mode == "base-window":
-            table[mode] = judge(base, caps, a.frames, a.frames, a)
+            table[mode] = judge(base, caps, a.frames, a.frames, a, mode)
         elif mode == "base-riflex":
             riflex = copy.copy(base)
             riflex.transformer = extend_dit(base.transformer, ExtendConfig(new_frames, base_frames)).eval()
-            table[mode] = judge(riflex, caps, a.frames, a.frames, a)
+            table[mode] = judge(riflex, caps, a.frames, a.frames, a, mode)
         elif mode in ("tuned", "tuned-chunked") and a.tuned:
             tuned = VideoPipeline.from_pretrained(a.tuned)
             window = a.frames if mode == "tuned" else (tuned.defaults.window or tuned.defaults.frames)
-            table[mode] = judge(tuned, caps, a.frames, window, a)
+            table[mode] = judge(tuned, caps, a.frames, window, a, mode)
         elif mode == "chunked":
-            table[mode] = judge(base, caps, a.frames, base.defaults.frames, a)
+            table[mode] = judge(base, caps, a.frames, base.defaults.frames, a, mode)
     keys = ["found", "shape", "motion", "present", "present_frac", "shape_consistency", "seconds_per_video"]
     print(f"{'mode':12s} " + " ".join(f"{k[:12]:>12s}" for k in keys))
     for mode, row in table.items():

@@ -16,7 +16,7 @@ from longvideo.data.shapes import (
     sample_dataset,
 )
 from longvideo.data.video_io import read_video, write_video
-from longvideo.eval.shapes import evaluate, summarise
+from longvideo.eval.shapes import ShapesEvalConfig, evaluate, summarise
 
 RNG = np.random.default_rng(0)
 
@@ -101,6 +101,11 @@ def test_vanishing_object_and_drift_are_reported():
     r = evaluate(frames, v.caption)
     assert not r["correct"] and not r["objects"][0]["ok"]["present"]
     assert r["objects"][0]["detected"]["present_frac"] == pytest.approx(25 / 40)
+    assert "present_timeline" not in r["objects"][0]["detected"]
+    r = evaluate(frames, v.caption, ShapesEvalConfig(timeline=10))  # spans 0-9, 10-19, 20-29, 30-39
+    assert r["objects"][0]["detected"]["present_timeline"] == [1.0, 1.0, 0.5, 0.0]
+    det = evaluate(frames[:35], None, ShapesEvalConfig(timeline=30))  # a short last span
+    assert det["objects"][0]["present_timeline"] == [round(25 / 30, 3), 0.0]
     frames = v.render(40).astype(np.int16)
     frames[..., :] += np.linspace(0, 30, 40).astype(np.int16)[:, None, None, None]  # brightening background
     det = evaluate(np.clip(frames, 0, 255).astype(np.uint8))

@@ -44,6 +44,9 @@ class ShapesEvalConfig:
     # Speed is measured over this many frames: an even step cancels the 2-frame flicker of H.264's 4:2:0
     # chroma blocks at object edges (an object moving 1 px/frame crosses a 2x2 block every other frame).
     motion_step: int = 4
+    # > 0: each object also gets `present_timeline`, its present fraction in consecutive spans of this many
+    # frames (where a long video loses an object: at the start, or at a window boundary); 0 = off.
+    timeline: int = 0
 
 
 _OBJ_NAMES = list(COLORS)
@@ -225,6 +228,9 @@ def _summarise(color: str, tr: _Track, t_len: int, cfg: ShapesEvalConfig) -> dic
         "present_frac": round(present_frac, 4),
         "persist_frac": round(visible_or_hidden, 4),
     }
+    if cfg.timeline > 0:
+        spans = range(0, t_len, cfg.timeline)
+        out["present_timeline"] = [round(float(tr.present[i : i + cfg.timeline].mean()), 3) for i in spans]
     if not tr.present.any():
         return out
     clean = tr.present & ~tr.touching
