@@ -47,6 +47,7 @@ def test_yaml_1_2_scalars(tmp_path):
     cfg = load_config(Job, p, overrides)
     assert cfg.precision == "off" and cfg.ema is False and cfg.optim.lr == 2e-4
     assert cfg.optim.betas == [0.5, 0.9] and cfg.name == ""
+    assert load_config(Job, None, ["name=._", "optim.lr=.5_0"]).name == "._"  # "._" is no float: a string
 
 
 def test_save_and_reload(tmp_path):
