@@ -6,7 +6,8 @@
 Each of --num latents (spread over the cache) is noised at each t with a fixed generator and the velocity the
 DiT predicts is compared with its target (text-to-video: empty conditioning). Two references per t: the same
 with the captions rolled by one ("wrong caption": how much the text matters) and a baseline that predicts
-eps minus the mean latent (what knowing nothing about the video scores).
+eps minus the mean latent (what knowing nothing about the video scores). The loss is also split between the
+salient tokens (diffusion.salient_weights: far from the clip's median latent -- the objects) and the rest.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import argparse
 import torch
 
 from longvideo.data.latent_cache import LatentCache
-from longvideo.diffusion import add_noise, target
+from longvideo.diffusion import add_noise, salient_weights, target
 from longvideo.pipelines.inputs import scale_latents
 from longvideo.pipelines.video import VideoPipeline
 
@@ -43,7 +44,9 @@ def main() -> None:
     cond = cond if pipe.transformer.cfg.cond_channels else None
     g = torch.Generator().manual_seed(0)
     mean = x0.mean(dim=(0, 2, 3, 4), keepdim=True)
-    print("| t | loss | wrong caption | baseline |\n|---|---|---|---|")
+    sal = (salient_weights(x0, 1.0) > 1).expand_as(x0)  # (N, C, K, h, w)
+    print(f"salient tokens: {sal.float().mean():.3f} of all")
+    print("| t | loss | salient | rest | wrong caption | baseline |\n|---|---|---|---|---|---|")
     for t in a.times:
         eps = torch.randn(x0.shape, generator=g)
         tt = torch.full((len(idx),), t, dtype=torch.float64)
@@ -54,7 +57,9 @@ def main() -> None:
             right = pipe.transformer(xt, mt, text, mask, cond)[:, : x0.shape[1]]
             wrong = pipe.transformer(xt, mt, text.roll(1, 0), mask.roll(1, 0), cond)[:, : x0.shape[1]]
         base = target(mean.expand_as(x0), eps, tt, pipe.schedule, pipe.diffusion.objective)
-        row = [((y - tgt) ** 2).mean().item() for y in (right, wrong, base)]
+        err = (right - tgt) ** 2
+        row = [err.mean().item(), err[sal].mean().item(), err[~sal].mean().item()]
+        row += [((y - tgt) ** 2).mean().item() for y in (wrong, base)]
         print(f"| {t} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
 
 

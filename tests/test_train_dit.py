@@ -100,6 +100,33 @@ def test_latent_cache_refuses_another_encoder(tmp_path):
         build_latent_cache(tmp_path, vae, items, 4, {"kind": "test"}, shard_size=2, progress=False)
 
 
+def test_latent_cache_grows(tmp_path):
+    """Asking an existing cache for more items encodes only the new ones (and the old last shard if it was
+    not full) and gives the cache a fresh build would; asking for fewer is refused in one line."""
+    torch.manual_seed(0)
+    vae = CausalVAE(vae_preset("tiny"))
+    asked = []
+
+    def items(i):
+        asked.append(i)
+        pixels = torch.zeros(3, 5, 16, 16) + torch.sin(torch.arange(16.0) * (i + 1)) / 2
+        return pixels, {"caption": f"clip {i}"}
+
+    def build(out, n):
+        build_latent_cache(out, vae, items, n, {"kind": "t"}, shard_size=2, progress=False)
+
+    build(tmp_path / "fresh", 7)
+    build(tmp_path / "grown", 3)
+    asked.clear()
+    build(tmp_path / "grown", 7)
+    assert asked == [2, 3, 4, 5, 6]  # shard 1 held item 2 only: encoded again with item 3
+    fresh, grown = LatentCache(tmp_path / "fresh"), LatentCache(tmp_path / "grown")
+    assert torch.equal(grown.latents, fresh.latents) and grown.rows == fresh.rows
+    assert (tmp_path / "grown" / "cache.json").read_text() == (tmp_path / "fresh" / "cache.json").read_text()
+    with pytest.raises(UserError, match="7 items, more than the 4 asked"):
+        build(tmp_path / "grown", 4)
+
+
 def test_resume_is_exact(tmp_path, tiny_vae, cache):
     full = DiTTrainer(_cfg(tmp_path / "a", tiny_vae, cache)).fit(progress=False)
     assert full["steps"] == 6
@@ -214,6 +241,7 @@ def test_freeze_globs(tmp_path, tiny_vae, cache):
         ({"p_image_cond": 0.8, "p_continue": 0.5}, r"p_image_cond \+ p_continue"),
         ({"text_encoder": "new:clip"}, "new:shapes"),
         ({"cond_noise": 1.0}, "cond_noise"),
+        ({"salient_boost": -1}, "salient_boost"),
     ],
 )
 def test_bad_configs(tmp_path, tiny_vae, cache, kw, msg):
@@ -303,6 +331,24 @@ def test_cond_noise_augments_only_the_known_frames(tmp_path, tiny_vae, cache):
         assert a[0] == b[0] and torch.equal(a[1], b[1]) and a[2:4] == b[2:4]
     DiTTrainer(_cfg(tmp_path / "run", tiny_vae, cache, steps=2, cond_noise=0.3, **kw)).fit(progress=False)
     assert all(math.isfinite(v) for v in _losses(tmp_path / "run"))
+
+
+def test_salient_boost_reweights_the_loss(tmp_path, tiny_vae, cache):
+    """salient_boost weights the loss toward object tokens: with a ratio no token passes the loss is the
+    plain mean (same step, same draws); with the default ratio it differs."""
+    runs = {
+        "plain": {},
+        "none_pass": {"salient_boost": 4, "salient_ratio": 1e9},
+        "boost": {"salient_boost": 4},
+    }
+    tr = {k: DiTTrainer(_cfg(tmp_path / k, tiny_vae, cache, **kw)) for k, kw in runs.items()}
+    loss = {}
+    for k, t in tr.items():
+        latents, text, mask = t.batches.load(0, t.batches.global_batch(0))
+        with torch.no_grad():
+            loss[k] = t._sample_loss(0, [0, 1, 2, 3], latents, text, mask)
+    torch.testing.assert_close(loss["none_pass"], loss["plain"], rtol=1e-5, atol=0)
+    assert not torch.allclose(loss["boost"], loss["plain"], rtol=1e-3)
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:

@@ -127,6 +127,9 @@ def test_vae_folder_errors(tmp_path):
         (["train", "{tmp}/c.yaml", "stepz=3"], "stepz"),
         (["train", "{tmp}/c.yaml", "video_frames=4"], "video_frames"),
         (["train", "{tmp}/other.yaml"], "unknown task 'frobnicate'"),
+        (["train", "{tmp}/c.yaml", "task=frobnicate"], "unknown task 'frobnicate'"),  # the override wins
+        (["train", "{tmp}/c.yaml", "task=no"], "unknown task 'no'"),  # YAML 1.2: a string, not False
+        (["train", "{tmp}/c.yaml", "task=[1"], "bad override"),
         (["eval", "recon", "--model", "{tmp}"], "no VAE"),
         (["eval", "recon", "--frames", "8"], "--frames"),
         (["bench", "vae", "--model", "{tmp}/v", "--frames", "10"], "--frames must be 1 + a multiple of 4"),

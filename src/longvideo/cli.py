@@ -291,16 +291,9 @@ def cmd_eval_shapes(a) -> None:
 
 
 def cmd_train(a) -> None:
-    from pathlib import Path
+    from longvideo.config import config_task, load_config
 
-    import yaml
-
-    from longvideo.config import load_config
-
-    try:
-        task = (yaml.safe_load(Path(a.config).read_text()) or {}).get("task", "vae")
-    except (OSError, yaml.YAMLError, AttributeError):
-        task = None  # load_config reports the problem in its own words
+    task = config_task(a.config, a.overrides)  # None: load_config below reports what is wrong
     if task == "dit":
         from longvideo.parallel import shutdown
         from longvideo.train.dit import DiTTrainConfig, DiTTrainer

@@ -64,6 +64,18 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
     return obj
 
 
+def config_task(path: str | Path, overrides: Sequence[str] = (), default: str = "vae") -> str | None:
+    """The `task` a training config names (a `task=...` override wins), read the way load_config reads it;
+    None when the file or an override cannot be read (load_config then reports it in its own words)."""
+    try:
+        data = _read_yaml(Path(path))
+        over = _parse_overrides(overrides)
+    except UserError:
+        return None
+    task = over.get("task", data.get("task", default))
+    return None if task is None else str(task)
+
+
 def _validate_tree(obj: Any, where: str = "") -> None:
     """Run every component's own `validate()`, leaves first. Trainer configs raise UserError; a model's
     config raises ValueError (it is a library class too), made here a one-line error naming the key."""

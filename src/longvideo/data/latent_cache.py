@@ -6,7 +6,8 @@
 
 Latents are stored unscaled, so a change of the VAE's latent statistics does not need a re-encode. Each
 shard is written under a temporary name and renamed, so an interrupted build resumes at the first missing
-shard; `cache.json` is compared on a rerun and a cache of other settings is refused, never mixed. The
+shard; `cache.json` is compared on a rerun and a cache of other settings is refused, never mixed, except that
+a cache may grow: asking for more items than it holds encodes only the new ones (items depend only on i). The
 identity includes a digest of the encoder's weights: a retrained VAE of the same config gives other latents
 (a decoder-only fine-tune does not, and keeps its caches).
 """
@@ -84,10 +85,18 @@ def build_latent_cache(
         old = json.loads(meta.read_text())
         if old.get("format") != CACHE_FORMAT:
             raise UserError(f"{out} holds a latent cache of an older format (no encoder digest): rebuild it")
-        if old != info:
+        if old | {"n": n} != info:
             same_encoder = old.get("encoder_sha256") == info["encoder_sha256"]
             what = "other settings" if same_encoder else "another VAE encoder"
             raise UserError(f"{out} holds a latent cache of {what}: choose another folder")
+        if n < old["n"]:
+            raise UserError(
+                f"{out} holds a latent cache of {old['n']} items, more than the {n} asked: "
+                "ask for all of them or choose another folder"
+            )
+        if n > old["n"]:  # grow: items depend only on i, so the first old["n"] latents stay
+            _grow(out, old["n"], shard_size)
+            _atomic_write_text(meta, json.dumps(info, indent=1))
     else:
         _atomic_write_text(meta, json.dumps(info, indent=1))
     shards = range((n + shard_size - 1) // shard_size)
@@ -113,6 +122,16 @@ def build_latent_cache(
         os.replace(tmp, name.with_suffix(".safetensors"))  # last: its presence marks a complete shard
     bar.close()
     return out
+
+
+def _grow(out: Path, old_n: int, shard_size: int) -> None:
+    """Make room for more items: a last shard that was not full is removed (the marker first), to be encoded
+    again with its new items; the full shards stay. Done before cache.json names the new count, so a crash
+    in between leaves a valid cache of the old count missing one shard (a rerun encodes it)."""
+    if old_n % shard_size:
+        name = out / f"shard_{old_n // shard_size:06d}"
+        name.with_suffix(".safetensors").unlink(missing_ok=True)
+        name.with_suffix(".jsonl").unlink(missing_ok=True)
 
 
 class LatentCache(torch.utils.data.Dataset):

@@ -16,6 +16,7 @@ from longvideo.diffusion.objectives import (
     min_snr_weight,
     pred_to_eps,
     pred_to_x0,
+    salient_weights,
     target,
     training_loss,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "pred_to_eps",
     "pred_to_x0",
     "rescale_zero_terminal_snr",
+    "salient_weights",
     "sample_ddim",
     "sample_dpmpp_2m",
     "sample_euler",

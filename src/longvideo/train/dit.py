@@ -28,7 +28,14 @@ import torch
 from tqdm import tqdm
 
 from longvideo.data.shapes import ShapesConfig
-from longvideo.diffusion import DiffusionConfig, NoiseSchedule, add_noise, sample_training_times, target
+from longvideo.diffusion import (
+    DiffusionConfig,
+    NoiseSchedule,
+    add_noise,
+    salient_weights,
+    sample_training_times,
+    target,
+)
 from longvideo.errors import UserError
 from longvideo.extend.exvideo import ExtendConfig, extend_dit, trainable_globs
 from longvideo.models.dit import DiTConfig, build_dit
@@ -106,6 +113,10 @@ class DiTTrainConfig:
     # noise augmentation of the known frames (the pipeline's cond_noise): each conditioned sample's known
     # latents are moved to a diffusion time drawn uniformly from [0, cond_noise]; 0 = clean
     cond_noise: float = 0.0
+    # loss weight 1 + salient_boost on the tokens far from the clip's median latent (diffusion/objectives.py
+    # salient_weights: small objects on plain backgrounds); 0 = the plain mean over tokens
+    salient_boost: float = 0.0
+    salient_ratio: float = 4.0
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (autocast; fp16 with a grad scaler)
     activation_checkpointing: bool = False
     parallel: str = "ddp"  # "ddp" | "fsdp" | "none" (under torchrun; one process ignores it)
@@ -140,6 +151,8 @@ class DiTTrainConfig:
             raise UserError("p_image_cond + p_continue must be <= 1")
         if not 0 <= self.cond_noise < 1:
             raise UserError(f"cond_noise must be a diffusion time in [0, 1), got {self.cond_noise}")
+        if self.salient_boost < 0 or self.salient_ratio <= 0:
+            raise UserError("salient_boost must be >= 0 and salient_ratio > 0")
         if self.data.source not in ("shapes", "manifest"):
             raise UserError(f"data.source must be 'shapes' or 'manifest', got {self.data.source!r}")
         self.lora.validate()
@@ -270,7 +283,10 @@ class DiTTrainer:
                 cond.to(dev) if use_cond else None,
             )  # fmt: skip
         err = (pred[:, :c].float() - target(x0, eps, t, self.sched, cfg.diffusion.objective)) ** 2
-        return err.mean(dim=(1, 2, 3, 4))
+        if not cfg.salient_boost:
+            return err.mean(dim=(1, 2, 3, 4))
+        w = salient_weights(x0, cfg.salient_boost, cfg.salient_ratio)  # (b, 1, K, h, w)
+        return (err * w).mean(dim=1).sum(dim=(1, 2, 3)) / w.sum(dim=(1, 2, 3, 4))
 
     def train_step(self, step: int) -> dict[str, float]:
         cfg = self.cfg
