@@ -3,7 +3,8 @@
 # chain: the first VAE (stages 1-3) and a DiT on its latents (stages 1-4) came first; the second VAE recipe
 # then beat that VAE, the DiT was retrained on the second VAE's latents (a warm start learns the new latents
 # far faster than a fresh model), then moved to 1x1 patches (warm start: same blocks, resized embedding and
-# output layer), trained on, and the shipped DiT is that one ExVideo-post-tuned to a 129-frame window.
+# output layer), trained on (last with the loss weighted toward the objects), and the shipped DiT is that one
+# ExVideo-post-tuned to a 129-frame window.
 set -e
 longvideo train configs/shapes_vae.yaml            # VAE 1, stage 1: L1 + MSE + KL, 9-frame clips + images
 longvideo train configs/shapes_vae_stage2.yaml     # stage 2: decode the posterior mean
@@ -19,9 +20,10 @@ longvideo eval recon --model runs/shapes_vae_v2_stage3/export --num 32 --frames 
 longvideo train configs/shapes_dit_v2.yaml         # the DiT of stage 4 on VAE 2's latents (new cache)
 longvideo train configs/shapes_dit_v3.yaml         # 1x1 patches: 8x8 tokens per latent frame instead of 4x4
 longvideo train configs/shapes_dit_v4.yaml         # more steps on twice the videos (bf16 autocast)
-longvideo train configs/shapes_extend_v4.yaml      # ExVideo post-tuning: a 129-frame window (issue #6)
+longvideo train configs/shapes_dit_v5.yaml         # more steps, the loss weighted toward the objects
+longvideo train configs/shapes_extend_v5.yaml      # ExVideo post-tuning: a 129-frame window (issue #6)
 longvideo train configs/shapes_vae_v2_stage4.yaml  # VAE 2, more decoder-only steps (latents unchanged)
-python scripts/swap_vae.py runs/shapes_extend_v4/export runs/shapes_vae_v2_stage4/export runs/shapes_shipped
+python scripts/swap_vae.py runs/shapes_extend_v5/export runs/shapes_vae_v2_stage4/export runs/shapes_shipped
 rm -rf src/longvideo/assets/shapes && cp -r runs/shapes_shipped src/longvideo/assets/shapes
 python benchmarks/eval_shapes_model.py --model shapes --num 40 --threads 2 --json
-python benchmarks/eval_long_window.py --tuned runs/shapes_shipped --base runs/shapes_dit_v4/export --frames 1025 --num 8 --modes tuned-chunked
+python benchmarks/eval_long_window.py --tuned runs/shapes_shipped --base runs/shapes_dit_v5/export --frames 1025 --num 8 --modes tuned-chunked
