@@ -119,3 +119,20 @@ def test_extra_object_makes_caption_wrong():
     r = evaluate(two.render(9), ShapesVideo("black", (a,)).caption)
     assert not r["correct"] and [o["color"] for o in r["extra_objects"]] == ["blue"]
     assert evaluate(two.render(9), two.caption)["correct"]
+
+
+def test_a_recoloured_object_does_not_occlude_itself():
+    """An object drawn in another colour for a while (a generator's colour drift) is absent in those frames:
+    only the caption's own objects may hide it. Without a caption any colour may (crossings of unknowns)."""
+    obj = ShapeObject("square", "red", "small", "staying still", x=30, y=30, vx=0, vy=0)
+    v = ShapesVideo("black", (obj,))
+    frames = v.render(40)
+    red = (frames[10:30] == np.array(COLORS["red"], dtype=np.uint8)).all(-1)  # (20, H, W)
+    frames[10:30][red] = COLORS["blue"]  # frames 10-29: the same square, blue
+    r = evaluate(frames, v.caption)
+    d = r["objects"][0]["detected"]
+    assert d["present_frac"] == pytest.approx(0.5) and d["persist_frac"] == pytest.approx(0.5)
+    assert not r["objects"][0]["ok"]["present"]
+    det = evaluate(frames)
+    red_det = next(o for o in det["objects"] if o["color"] == "red")
+    assert red_det["persist_frac"] == pytest.approx(1.0)  # no caption: the blue box may hide it

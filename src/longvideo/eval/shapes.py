@@ -10,8 +10,10 @@ judges our renders and a model's samples the same way. Per frame:
    split pixel by pixel;
 4. per object colour: area, bounding box, and a shape guess (fill ratio + top/bottom asymmetry).
 
-Over frames: presence fraction, majority shape and size, and motion from the bounding-box centre track
-(median speed per axis; direction from the first FREE_TRAVEL frames, before any wall reflection).
+Over frames: presence fraction (and persistence: present, or hidden while another object -- one of the
+caption's, when judging -- covers where it should be), majority shape and size, and motion from the
+bounding-box centre track (median speed per axis; direction from the first FREE_TRAVEL frames, before any
+wall reflection).
 """
 
 from __future__ import annotations
@@ -120,8 +122,13 @@ def _classify_shape(m: np.ndarray) -> str:
     return "square" if fill > 0.9 else "circle"
 
 
-def detect(frames: np.ndarray, cfg: ShapesEvalConfig | None = None) -> dict:
-    """Detect background and objects in uint8 frames (T, H, W, 3). Returns a JSON-able dict."""
+def detect(
+    frames: np.ndarray, cfg: ShapesEvalConfig | None = None, occluders: set[str] | None = None
+) -> dict:
+    """Detect background and objects in uint8 frames (T, H, W, 3). Returns a JSON-able dict.
+
+    occluders: the colours that may hide another object (None: any detected colour). A caption's judge
+    passes its own objects: otherwise an object drawn in a drifted colour would "occlude" itself."""
     cfg = cfg or ShapesEvalConfig()
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
         raise UserError(f"expected frames (T, H, W, 3), got shape {tuple(frames.shape)}")
@@ -146,7 +153,7 @@ def detect(frames: np.ndarray, cfg: ShapesEvalConfig | None = None) -> dict:
     tracks = {c: _new_track(t_len) for c in _OBJ_NAMES}
     for t in range(t_len):
         _detect_frame(comps[t], core[t], label[t], dist[t], cfg, tracks, t)
-    _mark_occlusions(tracks)
+    _mark_occlusions(tracks, occluders)
     objects = [_summarise(c, tr, t_len, cfg) for c, tr in tracks.items()]
     objects = sorted(
         (o for o in objects if o["present_frac"] >= cfg.detect_frac), key=lambda o: -o["present_frac"]
@@ -169,19 +176,21 @@ def _new_track(t_len: int) -> _Track:
     )
 
 
-def _mark_occlusions(tracks: dict[str, _Track]) -> None:
+def _mark_occlusions(tracks: dict[str, _Track], occluders: set[str] | None = None) -> None:
     """An object hidden behind another one while they cross is occluded, not gone.
 
     Its expected centre in an unseen frame is interpolated between the nearest frames where it was seen;
-    if another object's box covers that point, the frame counts as occluded.
+    if another object's box (of a colour in `occluders`, if given) covers that point, the frame counts as
+    occluded.
     """
     seen = {c: tr for c, tr in tracks.items() if tr.present.any()}
+    hiders = {c: tr for c, tr in seen.items() if occluders is None or c in occluders}
     for c, tr in seen.items():
         idx = np.nonzero(tr.present)[0]
         cx = np.interp(np.arange(len(tr.present)), idx, (tr.boxes[idx, 0] + tr.boxes[idx, 2]) / 2)
         cy = np.interp(np.arange(len(tr.present)), idx, (tr.boxes[idx, 1] + tr.boxes[idx, 3]) / 2)
         for t in np.nonzero(~tr.present)[0]:
-            for other_c, other in seen.items():
+            for other_c, other in hiders.items():
                 b = other.boxes[t]
                 if other_c != c and other.present[t] and b[0] <= cx[t] <= b[2] and b[1] <= cy[t] <= b[3]:
                     tr.occluded[t] = True
@@ -290,10 +299,10 @@ def _motion(tr: _Track, clean: np.ndarray, cfg: ShapesEvalConfig) -> dict:
 def evaluate(frames: np.ndarray, caption: str | None = None, cfg: ShapesEvalConfig | None = None) -> dict:
     """Detect, and when a caption is given judge every attribute it states. `correct` = all of them."""
     cfg = cfg or ShapesEvalConfig()
-    det = detect(frames, cfg)
     if caption is None:
-        return det
+        return detect(frames, cfg)
     spec = parse_caption(caption)
+    det = detect(frames, cfg, occluders={o.color for o in spec.objects})
     found = {o["color"]: o for o in det["objects"]}
     judged = []
     for o in spec.objects:
