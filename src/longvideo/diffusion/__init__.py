@@ -19,6 +19,7 @@ from longvideo.diffusion.objectives import (
     salient_weights,
     target,
     training_loss,
+    weighted_mean,
 )
 from longvideo.diffusion.samplers import (
     SAMPLERS,
@@ -60,4 +61,5 @@ __all__ = [
     "target",
     "training_loss",
     "vp_alphas_cumprod",
+    "weighted_mean",
 ]

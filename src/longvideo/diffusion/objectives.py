@@ -84,6 +84,14 @@ def min_snr_weight(t: Tensor, sched: NoiseSchedule, objective: str, gamma: float
     return torch.minimum(alpha**2, gamma * sigma**2)  # min(SNR, gamma) sigma^2, finite at sigma = 0
 
 
+def weighted_mean(err: Tensor, weight: Tensor) -> Tensor:
+    """Per-sample weighted mean (B,) of err (B, ...) over all but the batch dim; weight broadcasts to err
+    (a 0/1 loss mask, or loss weights). An all-zero weight gives 0, not nan."""
+    w = weight.to(err).expand_as(err)
+    dims = tuple(range(1, err.ndim))
+    return (err * w).sum(dims) / w.sum(dims).clamp(min=1e-8)
+
+
 def salient_weights(x0: Tensor, boost: float, ratio: float = 4.0) -> Tensor:
     """Per-token loss weights (B, 1, T, H, W) that up-weight the tokens where a clip departs from its own
     background: 1 + boost where ||x0 - median||_2 over channels exceeds `ratio` times that distance's
@@ -134,12 +142,7 @@ def training_loss(
     pred = model_fn(x_t, sched.model_time(t).to(x0.device, torch.float32), **model_kwargs)
     dtype = torch.promote_types(x0.dtype, torch.float32)  # the loss in at least fp32 for bf16 models
     err = (pred.to(dtype) - target(x0.to(dtype), eps.to(dtype), t, sched, cfg.objective)) ** 2  # (B, ...)
-    dims = tuple(range(1, err.ndim))
-    if loss_mask is None:
-        loss = err.mean(dims)
-    else:
-        mask = loss_mask.to(err).expand_as(err)
-        loss = (err * mask).sum(dims) / mask.sum(dims).clamp(min=1e-8)  # an all-zero mask gives 0, not nan
+    loss = err.mean(tuple(range(1, err.ndim))) if loss_mask is None else weighted_mean(err, loss_mask)
     if cfg.min_snr_gamma is None:
         weight = torch.ones_like(loss)
     else:

@@ -35,6 +35,7 @@ from longvideo.diffusion import (
     salient_weights,
     sample_training_times,
     target,
+    weighted_mean,
 )
 from longvideo.errors import UserError
 from longvideo.extend.exvideo import ExtendConfig, extend_dit, trainable_globs
@@ -285,8 +286,7 @@ class DiTTrainer:
         err = (pred[:, :c].float() - target(x0, eps, t, self.sched, cfg.diffusion.objective)) ** 2
         if not cfg.salient_boost:
             return err.mean(dim=(1, 2, 3, 4))
-        w = salient_weights(x0, cfg.salient_boost, cfg.salient_ratio)  # (b, 1, K, h, w)
-        return (err * w).mean(dim=1).sum(dim=(1, 2, 3)) / w.sum(dim=(1, 2, 3, 4))
+        return weighted_mean(err, salient_weights(x0, cfg.salient_boost, cfg.salient_ratio))
 
     def train_step(self, step: int) -> dict[str, float]:
         cfg = self.cfg
