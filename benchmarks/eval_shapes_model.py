@@ -59,6 +59,7 @@ def main() -> None:
             rows.append({"split": split, "seed": i} | r)
         s = summarise(results)
         summary[split] = {"videos": s["videos"], "correct": s.get("correct")} | s["all"]
+        summary[split] |= {k: s[k] for k in ("shape_by_expected", "motion_by_expected")}
     summary["seconds_per_video"] = round((time.perf_counter() - t0) / (2 * a.num), 2)
     settings = ("model", "num", "seed", "steps", "guidance", "sampler", "shift")
     summary["settings"] = {k: getattr(a, k) for k in settings}
@@ -70,6 +71,9 @@ def main() -> None:
     for split in ("held_out", "seen"):
         s = summary[split]
         print(f"{split:10s} " + " ".join(f"{s.get(k, 0):>8}" for k in [*keys, "correct"]))
+    for split in ("held_out", "seen"):
+        by = summary[split]["shape_by_expected"] | summary[split]["motion_by_expected"]
+        print(f"{split:10s} right rate [count]: " + ", ".join(f"{k} {r} [{n}]" for k, (r, n) in by.items()))
     if a.json:
         print(json.dumps(summary))
 

@@ -463,3 +463,7 @@ def test_salient_weights_pick_the_object_tokens():
     assert w.shape == (2, 1, 5, 8, 8)
     assert torch.equal(w, torch.where(obj, 5.0, 1.0))
     assert torch.equal(salient_weights(x0, 0.0), torch.ones_like(w))
+    # dilate 1: the block grown by one token in H and W (not in T), clipped at the edges
+    grown = torch.nn.functional.max_pool3d(obj.float(), (1, 3, 3), stride=1, padding=(0, 1, 1)).bool()
+    assert grown.sum() > obj.sum()
+    assert torch.equal(salient_weights(x0, 4.0, dilate=1), torch.where(grown, 5.0, 1.0))

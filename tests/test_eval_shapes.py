@@ -62,6 +62,10 @@ def test_single_object_mp4_judged_correct(single_mp4):
     assert s["correct"] >= 0.97, s
     assert s["all"]["present"] == 1.0 and s["all"]["found"] == 1.0
     assert s["background"] == 1.0
+    # breakdowns: [rate, count] per expected shape and per pace ("slowly", "quickly", "around", "still")
+    assert sum(n for _, n in s["shape_by_expected"].values()) == s["all"]["objects"]
+    assert set(s["shape_by_expected"]) == {"circle", "square", "triangle"}
+    assert all(r >= 0.9 for r, _ in s["motion_by_expected"].values()), s["motion_by_expected"]
 
 
 def test_wrong_captions_rejected(single_mp4):

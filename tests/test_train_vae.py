@@ -9,10 +9,12 @@ import torch
 
 from longvideo.cli import main
 from longvideo.config import load_config
+from longvideo.diffusion import salient_weights
 from longvideo.models.vae.io import load_vae, save_vae
 from longvideo.models.vae.model import CausalVAE, vae_preset
 from longvideo.train.checkpoint import list_checkpoints
 from longvideo.train.vae import VAETrainConfig, VAETrainer, shapes_batch
+from longvideo.train.vae_losses import vae_loss
 
 TINY = [
     "model.base_channels=8",
@@ -41,6 +43,35 @@ def test_batches_are_deterministic_and_joint():
     assert shapes_batch(cfg, 1).shape == (2, 3, 5, 48, 48)
     assert torch.equal(shapes_batch(cfg, 4), shapes_batch(cfg, 4))
     assert not torch.equal(shapes_batch(cfg, 4), shapes_batch(cfg, 5))
+
+
+def test_salient_boost_weights_the_object_pixels(tmp_path):
+    """salient_boost: the L1/MSE weight is 1 + boost on the pixels that differ from the clip's background
+    (grown by salient_dilate), the loss is the weighted mean; a ratio nothing passes gives the plain loss."""
+    cfg = tiny_cfg(tmp_path, "salient_boost=4", "salient_dilate=0", "mse_weight=10")
+    x = shapes_batch(cfg, 1)  # a video batch: (B, 3, T, H, W)
+    w = salient_weights(x, 4.0, cfg.salient_ratio, 0)
+    bg = x.flatten(2).median(dim=2).values[:, :, None, None, None]  # each clip's background colour
+    obj = (x - bg).abs().amax(dim=1, keepdim=True) > 1e-3
+    assert 0 < obj.float().mean() < 0.2
+    assert torch.equal(w, torch.where(obj, 5.0, 1.0))
+    rec = x + 0.1 * torch.randn_like(x)
+    kl = torch.zeros(2)
+    loss, _ = vae_loss(x, rec, kl, 0.0, mse_weight=10.0, weight=w)
+    err = rec - x
+    want = ((err.abs() * w).sum((1, 2, 3, 4)) / (w.expand_as(err).sum((1, 2, 3, 4)))).mean()
+    want = want + 10 * ((err.pow(2) * w).sum((1, 2, 3, 4)) / (w.expand_as(err).sum((1, 2, 3, 4)))).mean()
+    torch.testing.assert_close(loss, want)
+    plain, _ = vae_loss(x, rec, kl, 0.0, mse_weight=10.0)
+    assert not torch.allclose(loss, plain, rtol=1e-3)
+    # through the trainer: same step, same weights -> boost with no pixel passing == plain
+    logs = {}
+    runs = {"plain": [], "none": ["salient_boost=4", "salient_ratio=1e9"], "boost": ["salient_boost=4"]}
+    for name, extra in runs.items():
+        torch.manual_seed(0)
+        logs[name] = VAETrainer(tiny_cfg(tmp_path / name, *extra)).train_step(1)["loss"]
+    assert logs["none"] == pytest.approx(logs["plain"], rel=1e-6)
+    assert logs["boost"] != pytest.approx(logs["plain"], rel=1e-3)
 
 
 def test_resume_is_exact(tmp_path):
@@ -130,6 +161,7 @@ def test_vae_folder_errors(tmp_path):
         (["train", "{tmp}/c.yaml", "task=frobnicate"], "unknown task 'frobnicate'"),  # the override wins
         (["train", "{tmp}/c.yaml", "task=no"], "unknown task 'no'"),  # YAML 1.2: a string, not False
         (["train", "{tmp}/c.yaml", "task=[1"], "bad override"),
+        (["train", "{tmp}/c.yaml", "salient_dilate=-1"], "salient_dilate"),
         (["eval", "recon", "--model", "{tmp}"], "no VAE"),
         (["eval", "recon", "--frames", "8"], "--frames"),
         (["bench", "vae", "--model", "{tmp}/v", "--frames", "10"], "--frames must be 1 + a multiple of 4"),

@@ -53,5 +53,6 @@ def shapes_recon(
         "psnr_min": round(float(np.min(p)), 3),
     }
     if judge:
-        out["judged"] = summarise(judged)["all"]
+        s = summarise(judged)
+        out["judged"] = s["all"] | {k: s[k] for k in ("shape_by_expected", "motion_by_expected")}
     return out

@@ -340,7 +340,17 @@ def summarise(results: list[dict]) -> dict:
     for group, sel in (("all", objs), ("seen", [o for o in objs if not o["held_out"]])):
         out[group] = _rates(sel)
     out["held_out"] = _rates([o for o in objs if o["held_out"]])
+    # where shape and motion fail: the right-shape rate per expected shape, right-motion per expected pace
+    out["shape_by_expected"] = _rate_by(objs, "shape", lambda e: e["shape"])
+    out["motion_by_expected"] = _rate_by(objs, "motion", lambda e: e["motion"].split()[-1])
     return out
+
+
+def _rate_by(objs: list[dict], key: str, group) -> dict:
+    groups: dict[str, list[bool]] = {}
+    for o in objs:
+        groups.setdefault(group(o["expected"]), []).append(o["ok"][key])
+    return {g: [round(float(np.mean(v)), 4), len(v)] for g, v in sorted(groups.items())}
 
 
 def _rates(objs: list[dict]) -> dict:

@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from longvideo.data.shapes import ShapesConfig, sample_video, video_rng
+from longvideo.diffusion import salient_weights
 from longvideo.errors import UserError
 from longvideo.models.vae.io import load_vae, save_vae
 from longvideo.models.vae.model import CausalVAE, VAEConfig
@@ -52,6 +53,12 @@ class VAETrainConfig:
     grad_clip: float = 1.0
     kl_weight: float = 1e-6
     mse_weight: float = 0.0  # an MSE term beside L1 (see vae_losses.vae_loss for why)
+    # L1/MSE weight 1 + salient_boost on the pixels that differ from the clip's median colour (the objects on
+    # a plain background), grown by salient_dilate px (the ring a decoder blurs them into); 0 = plain mean.
+    # diffusion/objectives.py salient_weights, as the DiT trainer's salient_boost on latents.
+    salient_boost: float = 0.0
+    salient_ratio: float = 4.0
+    salient_dilate: int = 1
     # Decode a posterior sample (a VAE) or its mean (a KL-regularised autoencoder). Why the switch: with a
     # tiny KL weight the posterior std shrinks only slowly, and until it does the sampling noise drowns the
     # few latent dimensions that carry colour; a second stage on the mean sharpens them (shapes VAE).
@@ -77,6 +84,8 @@ class VAETrainConfig:
             raise UserError(f"task {self.task!r}: this trainer handles task 'vae'")
         if self.video_frames < 1 or (self.video_frames - 1) % self.model.temporal_factor:
             raise UserError(f"video_frames must be 1 + a multiple of {self.model.temporal_factor}")
+        if self.salient_boost < 0 or self.salient_ratio <= 0 or self.salient_dilate < 0:
+            raise UserError("salient_boost and salient_dilate must be >= 0, salient_ratio > 0")
         if self.stage not in ("full", "decoder"):
             raise UserError(f"stage must be 'full' or 'decoder', got {self.stage!r}")
         if self.steps < 1 or self.batch_size < 1 or self.image_batch_size < 1:
@@ -166,7 +175,12 @@ class VAETrainer:
             g["lr"] = lr_at(cfg, step)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # posterior noise of this step
         rec, post = self.vae(x, sample=cfg.sample_posterior, generator=gen)
-        loss, logs = vae_loss(x, rec, post.kl(), cfg.kl_weight, self.lpips, cfg.lpips_weight, cfg.mse_weight)
+        weight = None
+        if cfg.salient_boost:
+            weight = salient_weights(x, cfg.salient_boost, cfg.salient_ratio, cfg.salient_dilate)
+        loss, logs = vae_loss(
+            x, rec, post.kl(), cfg.kl_weight, self.lpips, cfg.lpips_weight, cfg.mse_weight, weight=weight
+        )
         gan = self.disc is not None and step >= cfg.gan_start
         if gan:
             g_loss = hinge_g_loss(self.disc(rec))
