@@ -19,7 +19,7 @@ import torch
 
 from longvideo.data.shapes import ShapesConfig, sample_video, video_rng
 from longvideo.data.video_io import to_uint8_frames
-from longvideo.eval.shapes import evaluate, summarise
+from longvideo.eval.shapes import BY_EXPECTED, evaluate, summarise
 from longvideo.pipelines.video import VideoPipeline
 
 
@@ -59,7 +59,7 @@ def main() -> None:
             rows.append({"split": split, "seed": i} | r)
         s = summarise(results)
         summary[split] = {"videos": s["videos"], "correct": s.get("correct")} | s["all"]
-        summary[split] |= {k: s[k] for k in ("shape_by_expected", "motion_by_expected")}
+        summary[split] |= {k: s[k] for k in BY_EXPECTED}
     summary["seconds_per_video"] = round((time.perf_counter() - t0) / (2 * a.num), 2)
     settings = ("model", "num", "seed", "steps", "guidance", "sampler", "shift")
     summary["settings"] = {k: getattr(a, k) for k in settings}
@@ -72,7 +72,7 @@ def main() -> None:
         s = summary[split]
         print(f"{split:10s} " + " ".join(f"{s.get(k, 0):>8}" for k in [*keys, "correct"]))
     for split in ("held_out", "seen"):
-        by = summary[split]["shape_by_expected"] | summary[split]["motion_by_expected"]
+        by = {g: v for k in BY_EXPECTED for g, v in summary[split][k].items()}
         print(f"{split:10s} right rate [count]: " + ", ".join(f"{k} {r} [{n}]" for k, (r, n) in by.items()))
     if a.json:
         print(json.dumps(summary))

@@ -9,7 +9,7 @@ from tqdm import tqdm
 from longvideo.data.shapes import ShapesConfig, sample_video, video_rng
 from longvideo.data.video_io import to_uint8_frames
 from longvideo.eval.metrics import psnr, ssim
-from longvideo.eval.shapes import evaluate, summarise
+from longvideo.eval.shapes import BY_EXPECTED, evaluate, summarise
 from longvideo.models.vae.model import CausalVAE, split_frames
 
 
@@ -54,5 +54,5 @@ def shapes_recon(
     }
     if judge:
         s = summarise(judged)
-        out["judged"] = s["all"] | {k: s[k] for k in ("shape_by_expected", "motion_by_expected")}
+        out["judged"] = s["all"] | {k: s[k] for k in BY_EXPECTED}
     return out

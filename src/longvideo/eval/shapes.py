@@ -51,6 +51,9 @@ class ShapesEvalConfig:
     timeline: int = 0
 
 
+# summarise()'s breakdowns: {expected shape: [right-shape rate, count]}, {pace: [right-motion rate, count]}
+BY_EXPECTED = ("shape_by_expected", "motion_by_expected")
+
 _OBJ_NAMES = list(COLORS)
 _OBJ_RGB = torch.tensor([COLORS[c] for c in _OBJ_NAMES], dtype=torch.float32)  # (K, 3)
 _BG_NAMES = list(BACKGROUNDS)
@@ -341,8 +344,8 @@ def summarise(results: list[dict]) -> dict:
         out[group] = _rates(sel)
     out["held_out"] = _rates([o for o in objs if o["held_out"]])
     # where shape and motion fail: the right-shape rate per expected shape, right-motion per expected pace
-    out["shape_by_expected"] = _rate_by(objs, "shape", lambda e: e["shape"])
-    out["motion_by_expected"] = _rate_by(objs, "motion", lambda e: e["motion"].split()[-1])
+    out[BY_EXPECTED[0]] = _rate_by(objs, "shape", lambda e: e["shape"])
+    out[BY_EXPECTED[1]] = _rate_by(objs, "motion", lambda e: e["motion"].split()[-1])
     return out
 
 
