@@ -397,7 +397,44 @@ def test_init_may_add_zero_branches_but_not_change_the_model(tmp_path, tiny_vae,
     with torch.no_grad():
         torch.testing.assert_close(pooled.model(x, t, text), plain.model(x, t, text), rtol=0, atol=0)
     with pytest.raises(UserError, match="does not match the init"):
-        DiTTrainer(_cfg(tmp_path / "r", tiny_vae, cache, steps=1, init=init, **{"model.num_layers": 3}))
+        DiTTrainer(_cfg(tmp_path / "r", tiny_vae, cache, steps=1, init=init, **{"model.num_heads": 3}))
+
+
+def test_init_into_a_deeper_model(tmp_path, tiny_vae, cache):
+    """More blocks than the init: old block i lands at i * new // old, the new blocks start as identities
+    (the init's function, to float rounding) and then train; fewer blocks is a one-line error."""
+    base = tmp_path / "base"
+    DiTTrainer(_cfg(base, tiny_vae, cache, steps=2, export=str(base / "export"))).fit(progress=False)
+    init = str(base / "export")
+    old = DiTTrainer(_cfg(tmp_path / "o", tiny_vae, cache, steps=1, init=init)).model
+    tr = DiTTrainer(_cfg(tmp_path / "n", tiny_vae, cache, steps=3, init=init, **{"model.num_layers": 5}))
+    new, nsd = tr.model, tr.model.state_dict()
+    for k, v in old.state_dict().items():  # 2 -> 5 blocks: old 0 -> 0, old 1 -> 2; new 1, 3, 4
+        assert torch.equal(v, nsd[k.replace("transformer_blocks.1.", "transformer_blocks.2.")]), k
+    for i in (1, 3, 4):
+        blk = new.transformer_blocks[i]
+        outs = (blk.attn1.to_out[0], blk.attn2.to_out[0], blk.ff.net[2])
+        assert all(not p.any() for o in outs for p in o.parameters())
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # 2 steps leave the zero-initialised outputs near zero: give both the same weights
+        for i, j in ((0, 0), (1, 2)):
+            w = torch.randn(old.transformer_blocks[i].attn2.to_out[0].weight.shape, generator=g) * 0.3
+            old.transformer_blocks[i].attn2.to_out[0].weight.copy_(w)
+            new.transformer_blocks[j].attn2.to_out[0].weight.copy_(w)
+        w = torch.randn(old.proj_out.weight.shape, generator=g) * 0.3
+        old.proj_out.weight.copy_(w)
+        new.proj_out.weight.copy_(w)
+    x, text = torch.randn(2, 4, 2, 6, 6, generator=g), torch.randn(2, 5, 16, generator=g)
+    t = torch.tensor([100.0, 900.0])
+    with torch.no_grad():
+        ref = old(x, t, text)
+        assert ref.abs().mean() > 0.1
+        torch.testing.assert_close(new(x, t, text), ref)
+    tr.fit(progress=False)
+    assert all(math.isfinite(x) for x in _losses(tmp_path / "n"))
+    assert new.transformer_blocks[1].ff.net[2].weight.any()  # the new blocks train
+    with pytest.raises(UserError, match="not lose blocks"):
+        DiTTrainer(_cfg(tmp_path / "s", tiny_vae, cache, steps=1, init=init, **{"model.num_layers": 1}))
 
 
 def test_init_into_a_smaller_patch(tmp_path, tiny_vae, cache):

@@ -14,7 +14,7 @@ from longvideo.models.vae.io import load_vae, save_vae
 from longvideo.models.vae.model import CausalVAE, vae_preset
 from longvideo.train.checkpoint import list_checkpoints
 from longvideo.train.vae import VAETrainConfig, VAETrainer, shapes_batch
-from longvideo.train.vae_losses import vae_loss
+from longvideo.train.vae_losses import adaptive_gan_weight, hinge_d_loss, hinge_g_loss, vae_loss
 
 TINY = [
     "model.base_channels=8",
@@ -89,6 +89,43 @@ def test_resume_is_exact(tmp_path):
     logs_b = [json.loads(x)["loss"] for x in (tmp_path / "b/run/metrics.jsonl").read_text().splitlines()]
     assert logs_a == logs_b  # the same loss sequence, interrupted or not
     assert [p.name for p in list_checkpoints(tmp_path / "b/run/ckpt")] == [f"step_{i:07d}" for i in (2, 3, 4)]
+
+
+def test_hinge_losses_and_the_adaptive_gan_weight():
+    real, fake = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([-2.0, 0.0, 1.5])
+    # relu(1 - real) = [0, 0.5, 2], relu(1 + fake) = [0, 1, 2.5]
+    assert hinge_d_loss(real, fake).item() == pytest.approx(0.5 * (2.5 / 3 + 3.5 / 3))
+    assert hinge_g_loss(fake).item() == pytest.approx(0.5 / 3)  # -mean(fake)
+    # nll = |w - 1|^2 has gradient 2(w - 1); g = -3 * sum(w) has gradient -3 everywhere
+    w = torch.tensor([2.0, 3.0, 1.0, 5.0], requires_grad=True)
+    nll, g = (w - 1).pow(2).sum(), -3 * w.sum()
+    expected = torch.tensor([2.0, 4.0, 0.0, 8.0]).norm() / (torch.full((4,), 3.0).norm() + 1e-4)
+    assert adaptive_gan_weight(nll, g, w) == pytest.approx(expected.item(), rel=1e-6)
+    assert adaptive_gan_weight(nll, 0 * w.sum(), w) == 1e4  # no GAN gradient: clamped, not inf
+    (nll + g).backward()  # the graph is kept for the step's own backward
+    assert torch.allclose(w.grad, torch.tensor([-1.0, 1.0, -3.0, 5.0]))
+
+
+def test_gan_phase_trains_the_discriminator_and_resumes_exactly(tmp_path):
+    """From gan_start the generator gets the adaptive GAN term and the discriminator its hinge step; the
+    discriminator and its optimizer are checkpointed, so a resumed GAN run repeats the same losses."""
+    gan = ["gan_start=2", "gan_adaptive=true", "gan_weight=0.5"]
+    straight = VAETrainer(tiny_cfg(tmp_path / "a", "steps=5", "save_every=100", *gan))
+    disc_before = {k: v.clone() for k, v in straight.disc.state_dict().items()}
+    straight.fit(progress=False)
+    logs = [json.loads(x) for x in (tmp_path / "a/run/metrics.jsonl").read_text().splitlines()]
+    assert [("d" in x, "g_weight" in x) for x in logs] == [(False, False)] * 2 + [(True, True)] * 3
+    assert all(x["g_weight"] > 0 and x["d"] > 0 for x in logs[2:])
+    assert any(not torch.equal(v, straight.disc.state_dict()[k]) for k, v in disc_before.items())
+    first = VAETrainer(tiny_cfg(tmp_path / "b", "steps=3", "save_every=1", *gan))
+    first.fit(progress=False)
+    resumed = VAETrainer(tiny_cfg(tmp_path / "b", "steps=5", "save_every=1", *gan))
+    assert resumed.fit(progress=False)["resumed"]
+    logs_b = [json.loads(x) for x in (tmp_path / "b/run/metrics.jsonl").read_text().splitlines()]
+    assert [x["loss"] for x in logs_b] == [x["loss"] for x in logs]
+    assert [x.get("d") for x in logs_b] == [x.get("d") for x in logs]
+    for k, v in straight.disc.state_dict().items():
+        assert torch.equal(v, resumed.disc.state_dict()[k]), k
 
 
 def test_kill_mid_run_leaves_complete_checkpoints(tmp_path):

@@ -27,7 +27,13 @@ from longvideo.models.vae.model import CausalVAE, VAEConfig
 from longvideo.train import schedule
 from longvideo.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from longvideo.train.ema import EMA
-from longvideo.train.vae_losses import PatchDiscriminator, hinge_d_loss, hinge_g_loss, vae_loss
+from longvideo.train.vae_losses import (
+    PatchDiscriminator,
+    adaptive_gan_weight,
+    hinge_d_loss,
+    hinge_g_loss,
+    vae_loss,
+)
 
 
 @dataclass
@@ -67,6 +73,10 @@ class VAETrainConfig:
     lpips_weight: float = 0.1
     gan_start: int = -1  # step from which the PatchGAN joins; -1 = never
     gan_weight: float = 0.1
+    # Scale the generator's GAN term by |grad nll| / |grad gan| at the decoder's last layer (the rule of
+    # taming-transformers, kept by Open-Sora-Plan's LPIPSWithDiscriminator), so gan_weight is a ratio of
+    # gradient sizes that means the same at any loss scale; False = the fixed gan_weight.
+    gan_adaptive: bool = False
     disc_lr: float = 2e-4
     ema_decay: float = 0.999
     stage: str = "full"  # "full" | "decoder" (freeze encoder + quant_conv; EasyAnimate stage 2)
@@ -184,7 +194,11 @@ class VAETrainer:
         gan = self.disc is not None and step >= cfg.gan_start
         if gan:
             g_loss = hinge_g_loss(self.disc(rec))
-            loss = loss + cfg.gan_weight * g_loss
+            g_weight = cfg.gan_weight
+            if cfg.gan_adaptive:
+                g_weight *= adaptive_gan_weight(loss, g_loss, self.vae.decoder.conv_out.conv.weight)
+                logs["g_weight"] = g_weight
+            loss = loss + g_weight * g_loss
             logs["g"] = g_loss.item()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()

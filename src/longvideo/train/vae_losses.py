@@ -6,6 +6,7 @@ Open-Sora-Plan's VAE losses do for their image discriminators; hinge loss on bot
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -39,6 +40,15 @@ def hinge_d_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
 
 def hinge_g_loss(fake_logits: Tensor) -> Tensor:
     return -fake_logits.mean()
+
+
+def adaptive_gan_weight(nll: Tensor, g_loss: Tensor, last_layer: Tensor, max_weight: float = 1e4) -> float:
+    """|d nll / d last| / (|d g_loss / d last| + 1e-4), clamped to [0, max_weight] (the rule of
+    taming-transformers): the weight that gives the GAN term the reconstruction's gradient size at the
+    decoder's last layer."""
+    (g_nll,) = torch.autograd.grad(nll, last_layer, retain_graph=True)
+    (g_gan,) = torch.autograd.grad(g_loss, last_layer, retain_graph=True)
+    return float((g_nll.norm() / (g_gan.norm() + 1e-4)).clamp(0.0, max_weight))
 
 
 def vae_loss(

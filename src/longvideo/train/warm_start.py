@@ -11,12 +11,19 @@ a transformer's blocks carry over between patch sizes). With a factor f per axis
 - output: new value i = the mean of old values i*f .. i*f+f-1 (the old token's values, pooled);
 and `model.rope_scale` should be multiplied by f on the resized axes, so the tokens' RoPE positions keep the
 old geometry (positions are divided by rope_scale).
+
+More blocks (`model.num_layers` above the init's; PixArt-style blocks): old block i becomes block
+i * new // old, so the new ones sit spread between them (6 -> 9: new at 2, 5, 8), and each new block's
+residual outputs (self-attention, cross-attention, feed-forward output layers) start at zero, so the grown
+model computes the init's function and the new blocks learn from there -- the zero-initialised residual
+growth of progressive training (Gong et al. 2019 grow BERT by stacking; this keeps the function exactly).
 """
 
 from __future__ import annotations
 
 from longvideo.errors import UserError
 from longvideo.models.dit import VideoDiT
+from longvideo.models.dit.blocks import PixArtBlock
 
 # branches that start at zero, so a trained model without them may be loaded into a config that adds them
 # and compute the same function (a stage can switch them on)
@@ -34,6 +41,14 @@ def load_init(model: VideoDiT, init: VideoDiT) -> str:
             f"init: patch {old} -> {new}: embedding cells summed, output values averaged "
             f"(rope_scale {list(model.cfg.rope_scale)})"
         )
+    grown: list[int] = []
+    if model.cfg.num_layers != init.cfg.num_layers:
+        if not isinstance(model.transformer_blocks[0], PixArtBlock) or model.cfg.uvit_skips:
+            raise UserError("init: only PixArt-style blocks without U-ViT skips can be grown deeper")
+        sd, grown = grow_depth(sd, init.cfg.num_layers, model.cfg.num_layers)
+        note = (note + "; " if note else "init: ") + (
+            f"{init.cfg.num_layers} -> {model.cfg.num_layers} blocks: new blocks {grown} start as identities"
+        )
     want = model.state_dict()
     bad = [k for k in sd if k in want and want[k].shape != sd[k].shape]
     if bad:
@@ -42,13 +57,37 @@ def load_init(model: VideoDiT, init: VideoDiT) -> str:
             f"{tuple(sd[bad[0]].shape)} vs {tuple(want[bad[0]].shape)})"
         )
     missing, unexpected = model.load_state_dict(sd, strict=False)
-    missing = [k for k in missing if not k.startswith(ZERO_INIT_BRANCHES)]
+    new_blocks = tuple(f"transformer_blocks.{i}." for i in grown)
+    missing = [k for k in missing if not k.startswith(ZERO_INIT_BRANCHES + new_blocks)]
     if missing or unexpected:
         raise UserError(
             f"init: the model config does not match the init transformer (missing {missing[:3]}, "
             f"unexpected {unexpected[:3]})"
         )
+    for i in grown:
+        block = model.transformer_blocks[i]
+        outs = [block.attn1.to_out[0], block.attn2.to_out[0], block.ff.net[2]]
+        if block.attn_temporal is not None:
+            outs.append(block.attn_temporal.proj_out)
+        for out in outs:
+            for p in out.parameters():
+                p.data.zero_()
     return note
+
+
+def grow_depth(sd: dict, old: int, new: int) -> tuple[dict, list[int]]:
+    """Renumber the init's blocks for a deeper model: old block i -> i * new // old. Returns the state dict
+    and the indices of the blocks the init lacks."""
+    if new < old:
+        raise UserError(f"init: {old} -> {new} blocks: a model may grow from its init, not lose blocks")
+    place = [i * new // old for i in range(old)]
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("transformer_blocks."):
+            _, i, rest = k.split(".", 2)
+            k = f"transformer_blocks.{place[int(i)]}.{rest}"
+        out[k] = v
+    return out, [i for i in range(new) if i not in place]
 
 
 def resize_patch(sd: dict, old: tuple, new: tuple, out_channels: int) -> dict:
