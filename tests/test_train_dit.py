@@ -432,6 +432,8 @@ def test_init_into_a_deeper_model(tmp_path, tiny_vae, cache):
         torch.testing.assert_close(new(x, t, text), ref)
     tr.fit(progress=False)
     assert all(math.isfinite(x) for x in _losses(tmp_path / "n"))
+    rows = [json.loads(x) for x in (tmp_path / "n" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss_mean"] for r in rows] == [r["loss"] for r in rows]  # log_every 1: a mean of one step
     assert new.transformer_blocks[1].ff.net[2].weight.any()  # the new blocks train
     with pytest.raises(UserError, match="not lose blocks"):
         DiTTrainer(_cfg(tmp_path / "s", tiny_vae, cache, steps=1, init=init, **{"model.num_layers": 1}))

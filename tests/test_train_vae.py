@@ -88,6 +88,11 @@ def test_resume_is_exact(tmp_path):
     logs_a = [json.loads(x)["loss"] for x in (tmp_path / "a/run/metrics.jsonl").read_text().splitlines()]
     logs_b = [json.loads(x)["loss"] for x in (tmp_path / "b/run/metrics.jsonl").read_text().splitlines()]
     assert logs_a == logs_b  # the same loss sequence, interrupted or not
+    # a log line's loss_mean is the mean loss of the steps since the previous line
+    every2 = VAETrainer(tiny_cfg(tmp_path / "c", "steps=4", "save_every=100", "log_every=2"))
+    every2.fit(progress=False)
+    means = [json.loads(x)["loss_mean"] for x in (tmp_path / "c/run/metrics.jsonl").read_text().splitlines()]
+    assert means == pytest.approx([(logs_a[0] + logs_a[1]) / 2, (logs_a[2] + logs_a[3]) / 2], rel=1e-12)
     assert [p.name for p in list_checkpoints(tmp_path / "b/run/ckpt")] == [f"step_{i:07d}" for i in (2, 3, 4)]
 
 

@@ -409,14 +409,17 @@ class DiTTrainer:
             total=end, initial=self.step, desc="train dit", unit="step", disable=not (progress and env.main)
         )
         last: dict = {}
+        losses: list[float] = []  # since the last log line: its loss_mean (one step's loss is noisy)
         try:
             while self.step < end:
                 t0 = time.perf_counter()
                 logs = self.train_step(self.step)
                 self.step += 1
                 last = logs | {"step": self.step, "sec": round(time.perf_counter() - t0, 4)}
+                losses.append(logs["loss"])
                 if log is not None and (self.step % cfg.log_every == 0 or self.step == end):
-                    log.write(json.dumps(last) + "\n")
+                    log.write(json.dumps(last | {"loss_mean": sum(losses) / len(losses)}) + "\n")
+                    losses.clear()
                     log.flush()
                     if tb is not None:
                         for k, v in logs.items():

@@ -221,6 +221,7 @@ class VAETrainer:
         log = (self.out / "metrics.jsonl").open("a")
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train vae", unit="step", disable=not progress)
         last = {}
+        losses: list[float] = []  # since the last log line: its loss_mean (one step's loss is noisy)
         try:
             end = min(cfg.steps, cfg.stop_at) if cfg.stop_at > 0 else cfg.steps
             while self.step < end:
@@ -228,8 +229,10 @@ class VAETrainer:
                 logs = self.train_step(self.step)
                 self.step += 1
                 last = logs | {"step": self.step, "sec": round(time.perf_counter() - t0, 3)}
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    log.write(json.dumps(last) + "\n")
+                losses.append(logs["loss"])
+                if self.step % cfg.log_every == 0 or self.step == end:
+                    log.write(json.dumps(last | {"loss_mean": sum(losses) / len(losses)}) + "\n")
+                    losses.clear()
                     log.flush()
                 if self.step % cfg.save_every == 0 or self.step == end:
                     self.save()
