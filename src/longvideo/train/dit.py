@@ -416,7 +416,8 @@ class DiTTrainer:
                 logs = self.train_step(self.step)
                 self.step += 1
                 last = logs | {"step": self.step, "sec": round(time.perf_counter() - t0, 4)}
-                losses.append(logs["loss"])
+                if log is not None:  # the main rank's (others keep no list)
+                    losses.append(logs["loss"])
                 if log is not None and (self.step % cfg.log_every == 0 or self.step == end):
                     log.write(json.dumps(last | {"loss_mean": sum(losses) / len(losses)}) + "\n")
                     losses.clear()
