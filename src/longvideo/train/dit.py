@@ -416,15 +416,15 @@ class DiTTrainer:
                 logs = self.train_step(self.step)
                 self.step += 1
                 last = logs | {"step": self.step, "sec": round(time.perf_counter() - t0, 4)}
-                if log is not None:  # the main rank's (others keep no list)
+                if log is not None:  # the main rank logs (and keeps the loss_mean list)
                     losses.append(logs["loss"])
-                if log is not None and (self.step % cfg.log_every == 0 or self.step == end):
-                    log.write(json.dumps(last | {"loss_mean": sum(losses) / len(losses)}) + "\n")
-                    losses.clear()
-                    log.flush()
-                    if tb is not None:
-                        for k, v in logs.items():
-                            tb.add_scalar(f"train/{k}", v, self.step)
+                    if self.step % cfg.log_every == 0 or self.step == end:
+                        log.write(json.dumps(last | {"loss_mean": sum(losses) / len(losses)}) + "\n")
+                        losses.clear()
+                        log.flush()
+                        if tb is not None:
+                            for k, v in logs.items():
+                                tb.add_scalar(f"train/{k}", v, self.step)
                 if self.step % cfg.save_every == 0 or self.step == end:
                     self.save()
                 bar.set_postfix(loss=f"{logs['loss']:.4f}")
