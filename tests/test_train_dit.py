@@ -24,8 +24,6 @@ from longvideo.models.vae.io import save_vae
 from longvideo.models.vae.model import CausalVAE, vae_preset
 from longvideo.train.dit import DiTTrainConfig, DiTTrainer
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def tiny_vae(tmp_path_factory) -> str:
@@ -45,7 +43,9 @@ def cache(tmp_path_factory, tiny_vae) -> str:
 
 def _overrides(out, vae: str, cache: str, **kw) -> list[str]:
     base = {
-        "out": str(out), "vae": vae, "data.cache": cache, "data.num_videos": 12,
+        "task": "dit", "out": str(out), "vae": vae, "data.cache": cache, "data.num_videos": 12,
+        "model.family": "full3d", "model.patch_size": "[1,2,2]", "model.cond_channels": 5,
+        "p_image_cond": 0.2, "p_continue": 0.3, "lr": 5.0e-4, "min_lr_ratio": 0.05, "ema_decay": 0.999,
         "data.shapes.height": 48, "data.shapes.width": 48, "data.shapes.num_frames": 5,
         "model.num_layers": 2, "model.num_heads": 2, "model.head_dim": 12, "text_dim": 16,
         "text_max_length": 24, "batch_size": 4, "steps": 6, "warmup": 2, "log_every": 1, "save_every": 2,
@@ -56,9 +56,7 @@ def _overrides(out, vae: str, cache: str, **kw) -> list[str]:
 
 
 def _cfg(out, vae: str, cache: str, **kw) -> DiTTrainConfig:
-    return load_config(
-        DiTTrainConfig, str(ROOT / "configs" / "shapes_dit.yaml"), _overrides(out, vae, cache, **kw)
-    )
+    return load_config(DiTTrainConfig, None, _overrides(out, vae, cache, **kw))
 
 
 def _losses(out) -> list[float]:
@@ -147,7 +145,8 @@ def test_kill_9_then_rerun_continues_exactly(tmp_path, tiny_vae, cache):
     ref = tmp_path / "ref"
     DiTTrainer(_cfg(ref, tiny_vae, cache, steps=8)).fit(progress=False)
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "longvideo", "train", str(ROOT / "configs" / "shapes_dit.yaml"),
+    (tmp_path / "dit.yaml").write_text("task: dit\n")
+    cmd = [sys.executable, "-m", "longvideo", "train", str(tmp_path / "dit.yaml"),
            *_overrides(out, tiny_vae, cache, steps=8, save_every=1)]  # fmt: skip
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -180,7 +179,7 @@ def _worker(rank: int, world: int, port: int, overrides: list[str]) -> None:
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))  # fmt: skip
     from longvideo.parallel import shutdown
 
-    cfg = load_config(DiTTrainConfig, str(ROOT / "configs" / "shapes_dit.yaml"), overrides)
+    cfg = load_config(DiTTrainConfig, None, overrides)
     try:
         DiTTrainer(cfg).fit(progress=False)
     finally:
@@ -250,8 +249,9 @@ def test_bad_configs(tmp_path, tiny_vae, cache, kw, msg):
 
 
 def test_cli_bad_key_is_one_line(tmp_path):
+    (tmp_path / "dit.yaml").write_text("task: dit\n")
     run = subprocess.run(
-        [sys.executable, "-m", "longvideo", "train", str(ROOT / "configs" / "shapes_dit.yaml"), "nope=1"],
+        [sys.executable, "-m", "longvideo", "train", str(tmp_path / "dit.yaml"), "nope=1"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1 and "nope" in run.stderr
