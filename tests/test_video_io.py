@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from longvideo.data import video_io
 from longvideo.data.video_io import (
     VideoWriter,
     from_uint8_frames,
@@ -22,6 +21,7 @@ from longvideo.data.video_io import (
     to_uint8_frames,
     write_video,
 )
+from longvideo.data.video_io.read import _timed_frames
 from longvideo.errors import UserError
 
 RED = (220, 40, 40)
@@ -208,7 +208,7 @@ class _OvershootingContainer:
 def test_seek_overshoot_falls_back_to_an_earlier_keyframe():
     stream = SimpleNamespace(time_base=Fraction(1, 24), start_time=0, average_rate=24)
     container = _OvershootingContainer()
-    timed = video_io._timed_frames(container, stream, "fake.mp4", start=0.5, eps=1e-3)
+    timed = _timed_frames(container, stream, "fake.mp4", start=0.5, eps=1e-3)
     times = [t for t, _, _ in timed]
     assert container.seeks == [12, 0]  # start, then start - 1 s (clamped to 0)
     assert times[0] == 0 and len(times) == 48

@@ -103,7 +103,7 @@ def _frames(video) -> Iterable[np.ndarray]:
 
 def measure_drift(video, *, tol: float = 24.0, ends: int = 1) -> DriftReport:
     """Per-frame look and the start-to-end background drift of `video`: a file path (read frame by frame
-    with data/video_io.py), a uint8 array (T, H, W, 3), or an iterable of uint8 frames (H, W, 3).
+    with data.video_io), a uint8 array (T, H, W, 3), or an iterable of uint8 frames (H, W, 3).
 
     tol: levels from the dominant colour that still count as background (codec noise, slight shading).
     ends: frames averaged at each end (fewer flicker effects); a pixel counts if it is background in all.
