@@ -25,5 +25,5 @@ longvideo train configs/shapes_extend_v5.yaml      # ExVideo post-tuning: a 129-
 longvideo train configs/shapes_vae_v2_stage4.yaml  # VAE 2, more decoder-only steps (latents unchanged)
 python scripts/swap_vae.py runs/shapes_extend_v5/export runs/shapes_vae_v2_stage4/export runs/shapes_shipped
 rm -rf src/longvideo/assets/shapes && cp -r runs/shapes_shipped src/longvideo/assets/shapes
-python benchmarks/eval_shapes_model.py --model shapes --num 40 --threads 2 --json
-python benchmarks/eval_long_window.py --tuned runs/shapes_shipped --base runs/shapes_dit_v5/export --frames 1025 --num 8 --modes tuned-chunked
+python benchmarks/eval/eval_shapes_model.py --model shapes --num 40 --threads 2 --json
+python benchmarks/eval/eval_long_window.py --tuned runs/shapes_shipped --base runs/shapes_dit_v5/export --frames 1025 --num 8 --modes tuned-chunked

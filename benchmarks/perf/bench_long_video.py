@@ -1,7 +1,7 @@
 """Peak memory and speed of long generation vs video length, measured from outside the process.
 
-    python benchmarks/bench_long_video.py --model shapes --frames 129 513 1025 [--window 33] [--overlap 2]
-    python benchmarks/bench_long_video.py --model /tmp/tiny_pipe          # any pipeline folder
+    python benchmarks/perf/bench_long_video.py --model shapes --frames 129 513 1025 [--window 33 --overlap 2]
+    python benchmarks/perf/bench_long_video.py --model /tmp/tiny_pipe          # any pipeline folder
 
 Each length runs `longvideo generate` in a fresh child process; its peak RSS comes from the kernel's
 accounting of that child (os.wait4), not from the child's own report, and its wall time from this

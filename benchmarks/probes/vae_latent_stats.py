@@ -1,6 +1,6 @@
 """How smooth is a VAE's latent space? What a DiT trained on it has to model.
 
-    python benchmarks/vae_latent_stats.py --model shapes runs/shapes_vae_v2/export --num 16
+    python benchmarks/probes/vae_latent_stats.py --model shapes runs/shapes_vae_v2/export --num 16
 
 Encodes `--num` shapes-world videos of 33 frames (posterior mean), standardises every channel with the
 latents' own mean and std, and reports:
@@ -19,7 +19,7 @@ import json
 import torch
 
 from longvideo.data.shapes import ShapesConfig, sample_video, video_rng
-from longvideo.models.vae.io import load_vae
+from longvideo.pipelines.folder import load_vae
 
 
 @torch.no_grad()

@@ -1,6 +1,6 @@
 """Peak memory and speed of a VAE round trip vs video length, measured from outside the process.
 
-    python benchmarks/bench_vae_memory.py --model shapes --frames 65 257 1025 [--no-stream] [--chunk 4]
+    python benchmarks/perf/bench_vae_memory.py --model shapes --frames 65 257 1025 [--no-stream] [--chunk 4]
 
 Each length runs `longvideo bench vae` in a fresh child process; its peak RSS comes from the kernel's
 accounting of that child (os.wait4), not from the child's own report. Prints one JSON row per length and a

@@ -1,7 +1,7 @@
 """Long single-window generation before and after ExVideo post-tuning, against chunked continuation
 (issue #6's comparison), judged by the shapes evaluator.
 
-    python benchmarks/eval_long_window.py --tuned runs/shapes_extend/export --frames 129 --num 12
+    python benchmarks/eval/eval_long_window.py --tuned runs/shapes_extend/export --frames 129 --num 12
 
 Modes, each on the same captions and seeds (single-object captions of the seen split):
 - `base-window`: the base model, one window of all the frames (RoPE positions past its training window);

@@ -1,6 +1,6 @@
 """Generate shapes-world videos from captions and judge them with the shapes evaluator (issue #5's table).
 
-    python benchmarks/eval_shapes_model.py --model shapes --num 60 --json
+    python benchmarks/eval/eval_shapes_model.py --model shapes --num 60 --json
 
 Two splits of single-object captions drawn from the world with seed --seed (not the training seed):
 `held_out` (every caption uses a held-out (color, shape) pair, never seen in training) and `seen`. Each

@@ -1,7 +1,7 @@
 """Benchmark `longvideo curate` (probe + split + static + motion + text, clip files cut) on synthetic 720p
 inputs of 10 s; print JSON with inputs/hour (the issue's "clips/hour": 10-s input clips) last.
 
-    python benchmarks/bench_curate.py -n 10 --workers 2
+    python benchmarks/perf/bench_curate.py -n 10 --workers 2
 
 Inputs are 1280x720 H.264 at 24 fps made by longvideo.curate.synthetic: one or two scenes (a hard cut at
 4-6 s), static / slow / normal / fast motion, some with a caption bar. They are cached in --dir (made once,

@@ -1,6 +1,6 @@
 """Benchmark `longvideo data shapes`: render + encode N videos to a folder, then judge them from the files.
 
-    python benchmarks/bench_shapes_data.py -n 200 --frames 33 [--workers 1] [--extra=--objects=1 ...]
+    python benchmarks/perf/bench_shapes_data.py -n 200 --frames 33 [--workers 1] [--extra=--objects=1 ...]
 
 Prints JSON: seconds for the data command (as a user runs it, in a fresh process), videos/s, and the
 evaluator's verdict on the written files (an independent check: pixels + captions only).

@@ -1,6 +1,6 @@
 """Benchmark longvideo.data.video_io: write then read a synthetic H.264 video, print JSON.
 
-    python benchmarks/bench_video_io.py --frames 300 --size 256
+    python benchmarks/perf/bench_video_io.py --frames 300 --size 256
 
 Frames are generated on the fly (included in write time, ~1% of it) so peak RSS shows that neither side
 holds the video in memory: it should not grow with --frames.

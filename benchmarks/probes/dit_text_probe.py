@@ -1,7 +1,7 @@
 """How much does one word of the caption move a pipeline's DiT? A probe of the text pathway.
 
-    python benchmarks/dit_text_probe.py --model shapes
-    python benchmarks/dit_text_probe.py --model runs/shapes_dit_stage3/export \\
+    python benchmarks/probes/dit_text_probe.py --model shapes
+    python benchmarks/probes/dit_text_probe.py --model runs/shapes_dit_stage3/export \\
         --ckpt runs/shapes_dit_stage4/ckpt
 
 For a base caption and variants that change one attribute (background, colour, shape, motion), the DiT's

@@ -1,13 +1,13 @@
 """Flow-matching loss of a pipeline's DiT by diffusion time, on latents of a cache: where does it learn?
 
-    python benchmarks/dit_loss_by_time.py --model shapes --cache runs/shapes_latents
-    python benchmarks/dit_loss_by_time.py ... --range 6144 12288   # only latents i in [6144, 12288)
+    python benchmarks/probes/dit_loss_by_time.py --model shapes --cache runs/shapes_latents
+    python benchmarks/probes/dit_loss_by_time.py ... --range 6144 12288   # only latents i in [6144, 12288)
 
 Each of --num latents (spread over the cache) is noised at each t with a fixed generator and the velocity the
 DiT predicts is compared with its target (text-to-video: empty conditioning). Two references per t: the same
 with the captions rolled by one ("wrong caption": how much the text matters) and a baseline that predicts
 eps minus the mean latent (what knowing nothing about the video scores). The loss is also split between the
-salient tokens (diffusion.salient_weights: far from the clip's median latent -- the objects) and the rest.
+salient tokens (train.salient.salient_weights: far from the clip's median latent -- the objects) and the rest.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import argparse
 
 import torch
 
-from longvideo.data.latent_cache import LatentCache
-from longvideo.diffusion import add_noise, salient_weights, target
+from longvideo.diffusion import add_noise, target
 from longvideo.pipelines.inputs import scale_latents
 from longvideo.pipelines.video import VideoPipeline
+from longvideo.train.latent_cache import LatentCache
+from longvideo.train.salient import salient_weights
 
 
 def main() -> None:

@@ -1,9 +1,9 @@
 """Training-step speed of the three DiT block families at one fixed, equal size: forward + backward
 tokens/s, ms per step and parameter count, one JSON line per family.
 
-    python benchmarks/bench_dit.py                                   # CPU, float32
-    python benchmarks/bench_dit.py --device cuda --dtype bfloat16    # GPU
-    python benchmarks/bench_dit.py --steps 1 --warmup 0              # a smoke run
+    python benchmarks/perf/bench_dit.py                                   # CPU, float32
+    python benchmarks/perf/bench_dit.py --device cuda --dtype bfloat16    # GPU
+    python benchmarks/perf/bench_dit.py --steps 1 --warmup 0              # a smoke run
 
 The fixed config (override with flags): 4 layers, 4 heads x 96 (OSP v1.2's head size; full3d needs a
 multiple of 6), D = 384, latents (B=2, C=4, T=8, H=16, W=16) with patch (1, 2, 2) -> 512 tokens per video,
@@ -21,7 +21,8 @@ import time
 
 import torch
 
-from longvideo.models.dit import FAMILIES, DiTConfig, build_dit, count_params
+from longvideo.models.dit import FAMILIES, DiTConfig, build_dit
+from longvideo.models.weights import count_params
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -1,7 +1,7 @@
 """How fast can a VAE recipe fit one fixed batch? A cheap probe of the optimizer and architecture settings.
 
-    python benchmarks/vae_overfit.py --config configs/shapes_vae_v2.yaml
-    python benchmarks/vae_overfit.py --config configs/shapes_vae_v2.yaml lr=1e-3 "betas=[0.5,0.9]"
+    python benchmarks/probes/vae_overfit.py --config configs/shapes_vae_v2.yaml
+    python benchmarks/probes/vae_overfit.py --config configs/shapes_vae_v2.yaml lr=1e-3 "betas=[0.5,0.9]"
 
 Builds the VAE of a training config (with `key=value` overrides), takes that run's first image batch
 (`image_batch_size` shapes-world frames) and trains on it alone for --steps steps (linear warmup over the
