@@ -1,8 +1,9 @@
 """The weight-free filters: static (frame difference), motion (DIS optical flow), text (RapidOCR).
 
 Per-pair measurements come from the analysis pass (analyse.py); `clip_scores` aggregates the pairs that lie
-inside a clip and `decide` turns scores into keep / drop_reason. OCR runs on a few sampled frames per clip
-(`TextMeter`), with recognition on: detection alone fires on texture (reference/data_eval.md §2b).
+inside a clip and `decide_static_motion` / `decide_text` turn scores into a drop reason (None: keep). OCR
+runs on a few sampled frames per clip (`TextMeter`), with recognition on: detection alone fires on texture
+(reference/data_eval.md §2b).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Probe: container metadata of one input, plus the keyframe positions the cutter needs.
 
 `video_io.probe` gives the stream's frames, fps, size, duration and codec; one demux pass (packets only, no
-decoding: ~40 ms for 10 s of 720p) adds the keyframe frame indices, the header's own frame count and the
-pixel format. Anything unreadable raises `UserError`, which the runner records in errors.jsonl.
+decoding, so cheap next to the later steps) adds the keyframe frame indices, the header's own frame count
+and the pixel format. Anything unreadable raises `UserError`, which the runner records in errors.jsonl.
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ options, both off by default:
   known latent frame is moved to diffusion time t = cond_noise along the schedule's forward process before
   it conditions a window (flow: (1 - t) z + t eps). The model then treats known frames as a hint rather
   than the truth, so small artefacts of the last window are not copied forward. Only as much as the model
-  tolerates: a model trained with clean conditioning (the bundled one, so far) degrades with it; its
-  noise level is not given to the DiT.
+  was trained for (the DiT trainer's own `cond_noise`; the bundled model was trained on clean known
+  frames): the noise level is not given to the DiT.
 - `anchor`: every later window also knows the video's first latent frame, at position 0, with the overlap
   frames after it. Colours and background stay tied to the start instead of to the last window (the
   frame sink of LongLive). The jump from position 0 to position 1 is not something a model trained on

@@ -179,7 +179,7 @@ def _iter_frames(
             picked = _pick_native(timed, start, stop, eps)
         else:
             picked = _pick_resampled(timed, start, stop, fps, eps)
-        # why: frame.reformat/to_ndarray(format=) build a new swscale context per call (~10x slower)
+        # why: frame.reformat/to_ndarray(format=) build a new swscale context per call; reuse one instead
         reformatter = VideoReformatter()
         last: tuple[av.VideoFrame, np.ndarray] | None = None
         for count, frame in enumerate(picked, 1):

@@ -102,8 +102,8 @@ class Norm(nn.Module):
 
     `groups=0` is an RMS norm over the channels of each pixel (Wan 2.1's VAE): no statistic spans space or
     time, so a flat frame keeps its level (a GroupNorm subtracts each group's spatial mean: the colour of a
-    flat background must then hide in ratios between channels), and it streams exactly. On the shapes VAE
-    it fitted worse than GroupNorm (BENCHMARKS.md, `benchmarks/vae_overfit.py`), so our recipes keep groups.
+    flat background must then hide in ratios between channels), and it streams exactly. Our recipes keep
+    GroupNorm, which fits the shapes world better (the one-batch VAE probe in BENCHMARKS.md).
     """
 
     def __init__(self, channels: int, groups: int, over_time: bool = False):
