@@ -38,8 +38,8 @@ def _losses(out: Path) -> list[float]:
 
 
 def golden_dit_config(out: Path, vae: str) -> DiTTrainConfig:
-    cfg = DiTTrainConfig(out=str(out), vae=vae, text_encoder="new:shapes", text_dim=16, text_max_length=24)
-    cfg.model.num_layers, cfg.model.num_heads, cfg.model.head_dim = 2, 2, 12
+    cfg = DiTTrainConfig(out=str(out), vae=vae, text_encoder="new:shapes", text_max_length=24)
+    cfg.model.num_layers, cfg.model.num_heads, cfg.model.head_dim, cfg.model.text_dim = 2, 2, 12, 16
     cfg.model.cond_channels = 5  # [4 latent channels | mask]
     d = cfg.data
     d.num_videos, d.shapes.height, d.shapes.width, d.shapes.num_frames = 12, 48, 48, 9

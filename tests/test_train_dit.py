@@ -18,11 +18,11 @@ import torch
 import torch.multiprocessing as mp
 
 from longvideo.config import load_config
-from longvideo.data.latent_cache import LatentCache, build_latent_cache
 from longvideo.errors import UserError
 from longvideo.models.vae.io import save_vae
 from longvideo.models.vae.model import CausalVAE, vae_preset
 from longvideo.train.dit import DiTTrainConfig, DiTTrainer
+from longvideo.train.latent_cache import LatentCache, build_latent_cache
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def _overrides(out, vae: str, cache: str, **kw) -> list[str]:
         "model.family": "full3d", "model.patch_size": "[1,2,2]", "model.cond_channels": 5,
         "p_image_cond": 0.2, "p_continue": 0.3, "lr": 5.0e-4, "min_lr_ratio": 0.05, "ema_decay": 0.999,
         "data.shapes.height": 48, "data.shapes.width": 48, "data.shapes.num_frames": 5,
-        "model.num_layers": 2, "model.num_heads": 2, "model.head_dim": 12, "text_dim": 16,
+        "model.num_layers": 2, "model.num_heads": 2, "model.head_dim": 12, "model.text_dim": 16,
         "text_max_length": 24, "batch_size": 4, "steps": 6, "warmup": 2, "log_every": 1, "save_every": 2,
         "threads": 1, "device": "cpu", "export": "''", "text_encoder": "auto",
     }  # fmt: skip
@@ -234,7 +234,7 @@ def test_freeze_globs(tmp_path, tiny_vae, cache):
 @pytest.mark.parametrize(
     "kw, msg",
     [
-        ({"batch_size": 3, "grad_accum": 2}, "multiple of world size x grad_accum"),
+        ({"batch_size": 3, "grad_accum": 2}, "multiple of data-parallel ranks x grad_accum"),
         ({"mixed_precision": "fp8"}, "mixed_precision"),
         ({"parallel": "pipeline"}, "parallel must be"),
         ({"p_image_cond": 0.8, "p_continue": 0.5}, r"p_image_cond \+ p_continue"),
@@ -317,18 +317,19 @@ def test_cond_noise_augments_only_the_known_frames(tmp_path, tiny_vae, cache):
     """cond_noise > 0: the known frames reach the model noised (time <= cond_noise), the rest of each
     sample's randomness is unchanged, and cond_noise = 0 draws exactly what it drew before."""
     from longvideo.diffusion import NoiseSchedule
-    from longvideo.train.dit import sample_randomness
+    from longvideo.train.dit_draws import sample_draw
 
     kw = {"p_continue": 1.0, "p_image_cond": 0.0}
     clean = _cfg(tmp_path / "a", tiny_vae, cache, **kw).validate()
     noisy = _cfg(tmp_path / "b", tiny_vae, cache, cond_noise=0.3, **kw).validate()
     sched, shape = NoiseSchedule(clean.diffusion), (4, 3, 6, 6)
     for j in range(4):
-        a = sample_randomness(clean, 5, j, shape, sched)
-        b = sample_randomness(noisy, 5, j, shape, sched)
-        assert a[4] is None and b[4] is not None and 0 <= b[4][0] <= 0.3
-        assert b[4][1].shape == (4, b[2], 6, 6)
-        assert a[0] == b[0] and torch.equal(a[1], b[1]) and a[2:4] == b[2:4]
+        a = sample_draw(clean, 5, j, shape, sched)
+        b = sample_draw(noisy, 5, j, shape, sched)
+        assert a.known_eps is None and b.known_eps is not None and 0 <= b.known_t <= 0.3
+        assert b.known_eps.shape == (4, b.known, 6, 6)
+        assert a.t == b.t and torch.equal(a.eps, b.eps)
+        assert (a.known, a.drop_caption) == (b.known, b.drop_caption)
     DiTTrainer(_cfg(tmp_path / "run", tiny_vae, cache, steps=2, cond_noise=0.3, **kw)).fit(progress=False)
     assert all(math.isfinite(v) for v in _losses(tmp_path / "run"))
 
@@ -336,6 +337,8 @@ def test_cond_noise_augments_only_the_known_frames(tmp_path, tiny_vae, cache):
 def test_salient_boost_reweights_the_loss(tmp_path, tiny_vae, cache):
     """salient_boost weights the loss toward object tokens: with a ratio no token passes the loss is the
     plain mean (same step, same draws); with the default ratio it differs."""
+    from longvideo.train.dit_draws import micro_batch_loss, sample_draw
+
     runs = {
         "plain": {},
         "none_pass": {"salient_boost": 4, "salient_ratio": 1e9},
@@ -345,8 +348,10 @@ def test_salient_boost_reweights_the_loss(tmp_path, tiny_vae, cache):
     loss = {}
     for k, t in tr.items():
         latents, text, mask = t.batches.load(0, t.batches.global_batch(0))
+        draws = [sample_draw(t.cfg, 0, j, tuple(latents.shape[1:]), t.sched) for j in range(4)]
         with torch.no_grad():
-            loss[k] = t._sample_loss(0, [0, 1, 2, 3], latents, text, mask)
+            empty = t.batches.empty_text
+            loss[k] = micro_batch_loss(t.model, t.cfg, t.sched, draws, latents, text, mask, empty, None)
     torch.testing.assert_close(loss["none_pass"], loss["plain"], rtol=1e-5, atol=0)
     assert not torch.allclose(loss["boost"], loss["plain"], rtol=1e-3)
 

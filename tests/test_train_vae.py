@@ -9,10 +9,10 @@ import torch
 
 from longvideo.cli import main
 from longvideo.config import load_config
-from longvideo.diffusion import salient_weights
 from longvideo.models.vae.io import load_vae, save_vae
 from longvideo.models.vae.model import CausalVAE, vae_preset
 from longvideo.train.checkpoint import list_checkpoints
+from longvideo.train.salient import salient_weights
 from longvideo.train.vae import VAETrainConfig, VAETrainer, shapes_batch
 from longvideo.train.vae_losses import adaptive_gan_weight, hinge_d_loss, hinge_g_loss, vae_loss
 
@@ -156,7 +156,9 @@ def test_kill_mid_run_leaves_complete_checkpoints(tmp_path):
         files = {p.name for p in c.iterdir()}
         assert files == {"model.safetensors", "ema.safetensors", "optim.pt", "trainer.json"}
     resumed = VAETrainer(tiny_cfg(tmp_path / "unused", f"out={run}", f"steps={int(ckpts[-1].name[5:]) + 1}"))
-    assert resumed.try_resume() and resumed.step == int(ckpts[-1].name[5:])
+    from longvideo.train import loop
+
+    assert loop.resume(resumed, resumed.loop) == int(ckpts[-1].name[5:])
 
 
 def test_loss_falls_export_and_decoder_stage(tmp_path):
@@ -225,10 +227,10 @@ def test_cli_recon_and_bench(tmp_path, capsys):
     assert main(recon) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(res) >= {"psnr", "ssim"} and res["videos"] == 1
-    assert main([*recon, "--stream", "1"]) == 0
+    assert main([*recon, "--chunk", "1"]) == 0
     streamed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert streamed["psnr"] == pytest.approx(res["psnr"], abs=1e-3)
-    for extra in ([], ["--no-stream"]):
+    for extra in ([], ["--chunk", "0"]):
         assert main(["bench", "vae", "--model", str(tmp_path / "v"), "--frames", "17", *extra]) == 0
         b = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert b["frames"] == 17 and b["frames_per_s"] > 0 and b["stream"] == (not extra)

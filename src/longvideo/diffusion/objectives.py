@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from longvideo.diffusion.config import DiffusionConfig
@@ -93,28 +92,6 @@ def weighted_mean(err: Tensor, weight: Tensor) -> Tensor:
     return (err * w).sum(dims) / w.sum(dims).clamp(min=1e-8)
 
 
-def salient_weights(x0: Tensor, boost: float, ratio: float = 4.0, dilate: int = 0) -> Tensor:
-    """Per-token loss weights (B, 1, T, H, W) that up-weight the tokens where a clip departs from its own
-    background: 1 + boost where ||x0 - median||_2 over channels exceeds `ratio` times that distance's
-    median over the clip's tokens, 1 elsewhere (a clip's median latent is its background when objects are
-    small).
-
-    Why: with small objects on plain backgrounds (the shapes world: a 10-px object covers 2-4 of a latent
-    frame's 64 tokens) the plain mean spends >85% of the loss on background tokens that are easy, and the
-    irreducible noise of their targets drowns the gradient of the object's shape and motion.
-    x0: (B, C, T, H, W) clean latents (or pixels: the VAE trainer); boost 0 gives all ones. dilate > 0 grows
-    the salient set by that many positions in H and W (a decoder blurs an object into the ring around it).
-    """
-    flat = x0.detach().float().flatten(2)  # (B, C, N)
-    dist = (flat - flat.median(dim=2, keepdim=True).values).norm(dim=1)  # (B, N)
-    thresh = ratio * dist.median(dim=1, keepdim=True).values.clamp(min=1e-3)
-    mask = (dist > thresh).float().view(x0.shape[0], 1, *x0.shape[2:])  # (B, 1, T, H, W)
-    if dilate > 0:
-        k = 2 * dilate + 1
-        mask = F.max_pool3d(mask, (1, k, k), stride=1, padding=(0, dilate, dilate))
-    return 1.0 + boost * mask
-
-
 def training_loss(
     model_fn: ModelFn,
     x0: Tensor,
@@ -123,6 +100,7 @@ def training_loss(
     sched: NoiseSchedule | None = None,
     generator: torch.Generator | None = None,
     t: Tensor | None = None,
+    eps: Tensor | None = None,
     loss_mask: Tensor | None = None,
     **model_kwargs,
 ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -130,9 +108,10 @@ def training_loss(
     `model_fn(x_t, model_time(t), **model_kwargs)` to the objective's target over all but the batch dim.
 
     x0: (B, ...), e.g. latents (B, C, T, H, W). t: optional fixed times (B,) (validation, stratified
-    sampling); otherwise drawn by `sample_training_times`. loss_mask: broadcastable to x0, e.g.
-    (B, 1, T, 1, 1), 1 where an element counts (0 on conditioning frames); the loss is the mean over the
-    counted elements.
+    sampling, per-sample draws); otherwise drawn by `sample_training_times`. eps: optional noise of x0's
+    shape (per-sample draws), otherwise drawn from `generator`. loss_mask: broadcastable to x0, e.g.
+    (B, 1, T, 1, 1), 1 where an element counts (0 on conditioning frames), or per-element loss weights; the
+    loss is the weighted mean.
     Returns (loss (B,) in at least float32, with min-SNR weights applied when cfg.min_snr_gamma is set,
     info {"t": (B,) float64, "weight": (B,)}).
     """
@@ -140,9 +119,10 @@ def training_loss(
     if t is None:
         t = sample_training_times(x0.shape[0], cfg, sched, generator=generator)
     t = torch.as_tensor(t, dtype=torch.float64).cpu()
-    eps = torch.randn(
-        x0.shape, generator=generator, device=generator.device if generator is not None else x0.device
-    ).to(x0.device, x0.dtype)
+    if eps is None:
+        dev = generator.device if generator is not None else x0.device
+        eps = torch.randn(x0.shape, generator=generator, device=dev)
+    eps = eps.to(x0.device, x0.dtype)
     x_t = add_noise(x0, eps, t, sched)
     pred = model_fn(x_t, sched.model_time(t).to(x0.device, torch.float32), **model_kwargs)
     dtype = torch.promote_types(x0.dtype, torch.float32)  # the loss in at least fp32 for bf16 models

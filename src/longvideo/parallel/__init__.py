@@ -1,17 +1,43 @@
-"""Parallelism applied from outside the models (DESIGN.md §2): process groups, data parallelism (DDP or
-FSDP2 sharding), activation checkpointing. Model files never import this package."""
+"""Parallelism applied from outside the models (DESIGN.md §2): process groups and the device mesh
+(mesh.py), `parallelize` (apply.py: activation checkpointing, compile, DDP or FSDP2 sharding, in one order)
+and the helpers that see through DDP wrappers and FSDP2 DTensors. Model files never import this package."""
 
-from longvideo.parallel.apply import checkpoint_blocks, data_parallel, full_state_dict, load_full_state_dict
+from longvideo.parallel.apply import (
+    ParallelConfig,
+    checkpoint_blocks,
+    data_parallel,
+    full_optimizer_state,
+    full_state_dict,
+    full_tensor,
+    like,
+    load_full_optimizer_state,
+    load_full_state_dict,
+    no_sync,
+    parallelize,
+    unwrap,
+)
 from longvideo.parallel.dist import DistEnv, all_reduce_sum, barrier, init_distributed, shutdown
+from longvideo.parallel.mesh import Mesh, ParallelDims, build_mesh
 
 __all__ = [
     "DistEnv",
+    "Mesh",
+    "ParallelConfig",
+    "ParallelDims",
     "all_reduce_sum",
     "barrier",
+    "build_mesh",
     "checkpoint_blocks",
     "data_parallel",
+    "full_optimizer_state",
     "full_state_dict",
+    "full_tensor",
     "init_distributed",
+    "like",
+    "load_full_optimizer_state",
     "load_full_state_dict",
+    "no_sync",
+    "parallelize",
     "shutdown",
+    "unwrap",
 ]

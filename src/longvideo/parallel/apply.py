@@ -1,19 +1,54 @@
-"""Wrap a model for training: activation checkpointing per transformer block, DDP or FSDP2 sharding.
+"""`parallelize`: what makes a model parallel, applied from outside in one documented order, and the helpers
+that see through what it did (DDP wrappers, FSDP2 DTensors).
 
-Every DiT block has the signature `block(x, text, c) -> (x, text)` (models/dit/blocks.py), so both wraps
-act on `model.transformer_blocks` without knowing the family. Checkpointing replaces the block's bound
-`forward` (not the module), so state-dict keys are unchanged.
+    mesh = build_mesh(env, ParallelDims(dp=-1))
+    model = parallelize(model, mesh, ParallelConfig(data_parallel="fsdp", activation_checkpointing=True))
+
+The order (torchtitan's): 1. sequence parallel, 2. activation checkpointing, 3. compile, 4. data parallel
+(FSDP2 / DDP) -- each step wraps what the one before left. Every DiT block is called as
+`block(x, text, c) -> (x, text)` (models/dit/blocks.py), so steps 2-4 act on `model.transformer_blocks`
+without knowing the family. Checkpointing and compile replace a block's bound `forward` (not the module),
+so state-dict keys are unchanged.
 """
 
 from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from longvideo.parallel.dist import DistEnv
+from longvideo.errors import UserError
+from longvideo.parallel.mesh import Mesh
 
 MODES = ("none", "ddp", "fsdp")
+
+
+@dataclass
+class ParallelConfig:
+    data_parallel: str = "ddp"  # "none" | "ddp" | "fsdp" (over the mesh's dp dimension; a dp of 1: none)
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
+    compile: bool = False  # torch.compile each block
+
+    def validate(self) -> ParallelConfig:
+        if self.data_parallel not in MODES:
+            raise UserError(f"parallel must be one of {', '.join(MODES)}, got {self.data_parallel!r}")
+        return self
+
+
+def parallelize(model: nn.Module, mesh: Mesh, cfg: ParallelConfig) -> nn.Module:
+    """Apply the parallel plan to a model on its device; call before building the optimizer."""
+    cfg.validate()
+    if mesh.size("sp") > 1:  # 1. sequence parallel
+        raise UserError("sequence parallel (sp > 1) is not built yet (issue #22); use sp=1")
+    if cfg.activation_checkpointing:  # 2.
+        checkpoint_blocks(model)
+    if cfg.compile:  # 3.
+        for block in model.transformer_blocks:
+            block.forward = torch.compile(block.forward)
+    return data_parallel(model, mesh, cfg.data_parallel)  # 4.
 
 
 def checkpoint_blocks(model: nn.Module) -> nn.Module:
@@ -28,53 +63,93 @@ def checkpoint_blocks(model: nn.Module) -> nn.Module:
     return model
 
 
-def data_parallel(model: nn.Module, env: DistEnv, mode: str) -> nn.Module:
-    """ "ddp": DistributedDataParallel (gradients averaged over ranks); "fsdp": FSDP2 `fully_shard` on every
-    transformer block and the root (parameters, gradients and optimizer state sharded, gradients averaged);
-    "none" or a world of one: the model itself. Call before building the optimizer."""
+def data_parallel(model: nn.Module, mesh: Mesh, mode: str) -> nn.Module:
+    """ "ddp": DistributedDataParallel over the dp group (gradients averaged over its ranks); "fsdp": FSDP2
+    `fully_shard` on every transformer block and the root over the dp mesh (parameters, gradients and
+    optimizer state sharded, gradients averaged); "none" or a dp of one: the model itself."""
     if mode not in MODES:
         raise ValueError(f"parallel mode must be one of {MODES}, got {mode!r}")
-    if mode == "none" or not env.distributed:
+    if mode == "none" or mesh.size("dp") == 1:
         return model
     if mode == "ddp":
-        ids = [env.device.index] if env.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        dev = mesh.env.device
+        ids = [dev.index] if dev.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids, process_group=mesh.group("dp"))
     from torch.distributed.fsdp import fully_shard
 
     for block in model.transformer_blocks:
-        fully_shard(block)
-    fully_shard(model)
+        fully_shard(block, mesh=mesh["dp"])
+    fully_shard(model, mesh=mesh["dp"])
     return model
 
 
 def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DDP wrapper (FSDP2 shards in place: the model itself)."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def no_sync(model: nn.Module, sync: bool):
+    """A context for one micro-batch's backward: gradient sync only when `sync` (the last micro-batch)."""
+    if sync:
+        return contextlib.nullcontext()
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        return model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        return _fsdp_no_sync(model)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(model):
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
+def full_tensor(x: torch.Tensor) -> torch.Tensor:
+    """A DTensor gathered whole (collective), any other tensor as it is."""
+    return x.full_tensor() if hasattr(x, "full_tensor") else x
+
+
+def like(src: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """A whole tensor laid out as `ref`: this rank's shard when `ref` is a DTensor, else on ref's device."""
+    if hasattr(ref, "device_mesh"):
+        from torch.distributed.tensor import distribute_tensor
+
+        return distribute_tensor(src.to(ref.device_mesh.device_type), ref.device_mesh, ref.placements)
+    return src.to(ref.device)
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The whole (unsharded) state dict on the CPU, on every rank: FSDP2 DTensors gathered."""
-    out = {}
-    for k, v in unwrap(model).state_dict().items():
-        full = v.full_tensor() if hasattr(v, "full_tensor") else v
-        out[k] = full.detach().cpu()
-    return out
+    return {k: full_tensor(v).detach().cpu() for k, v in unwrap(model).state_dict().items()}
 
 
 @torch.no_grad()
 def load_full_state_dict(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
     """Load a whole state dict into a plain, DDP or FSDP2 model (each rank keeps its shard)."""
-    model = unwrap(model)
-    own = model.state_dict()
+    own = unwrap(model).state_dict()
     missing, unexpected = set(own) - set(sd), set(sd) - set(own)
     if missing or unexpected:
         raise ValueError(
             f"state dict mismatch: missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}"
         )
     for k, v in own.items():
-        src = sd[k].to(v.dtype)
-        if hasattr(v, "device_mesh"):  # DTensor: copy this rank's shard
-            from torch.distributed.tensor import distribute_tensor
+        v.copy_(like(sd[k].to(v.dtype), v))
 
-            v.copy_(distribute_tensor(src.to(v.device_mesh.device_type), v.device_mesh, v.placements))
-        else:
-            v.copy_(src.to(v.device))
+
+def full_optimizer_state(model: nn.Module, opt: torch.optim.Optimizer) -> dict:
+    """The optimizer's whole state on the CPU (collective under FSDP2), keyed by parameter names."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_optimizer_state_dict(unwrap(model), opt, options=opts)
+
+
+def load_full_optimizer_state(model: nn.Module, opt: torch.optim.Optimizer, state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    set_optimizer_state_dict(unwrap(model), opt, state, options=opts)

@@ -43,10 +43,10 @@ def init_distributed(device: str = "auto", backend: str = "auto") -> DistEnv:
     return DistEnv(rank, world, local, dev)
 
 
-def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
-    """Sum over ranks (in place, returned); the identity in a world of one."""
+def all_reduce_sum(x: torch.Tensor, group=None) -> torch.Tensor:
+    """Sum over the ranks of `group` (None: the world) in place, returned; the identity in a world of one."""
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        dist.all_reduce(x, op=dist.ReduceOp.SUM, group=group)
     return x
 
 

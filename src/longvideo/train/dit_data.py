@@ -3,38 +3,38 @@
 Global batch `step` is a function of (data seed, step) only: for clips of one size, position p = step * B + j
 of an endless stream of epochs, each a permutation seeded by (seed, epoch); for a manifest of many sizes,
 the bucket sampler's batch `step` (data/buckets.py). Resuming at step s therefore needs nothing but s.
+
+The trainer builds the frozen VAE and text encoder (`make_text_encoder`) and hands them in; this module
+never changes them.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from longvideo.data.latent_cache import LatentCache, build_latent_cache, shapes_items
 from longvideo.errors import UserError
 from longvideo.models.text import TextEncoder, TextEncoderConfig
-from longvideo.models.vae.io import load_vae
 from longvideo.models.vae.model import CausalVAE
-from longvideo.parallel import DistEnv, barrier
+from longvideo.parallel import barrier
 from longvideo.pipelines.inputs import scale_latents
+from longvideo.train.dit_config import DiTDataConfig
+from longvideo.train.latent_cache import LatentCache, build_latent_cache, shapes_items
 
 NEW_TEXT_SEED = 0  # "new:shapes" is one fixed encoder, whatever the run's seed
 
 
-def make_text_encoder(spec: str, max_length: int, dim: int, init: str = "") -> TextEncoder:
+def make_text_encoder(spec: str, max_length: int, dim: int, init: Path | None = None) -> TextEncoder:
     """ "auto": the `init` pipeline's text encoder (a DiT trained in stages keeps the encoder it learnt to
-    read), or "new:shapes" without init; "new:shapes": the shapes-world T5 (pipelines/tiny.py) built from
-    the fixed seed NEW_TEXT_SEED, the same in every run; otherwise a local folder (encoder or pipeline)."""
+    read), or "new:shapes" without init; "new:shapes": the shapes-world T5 (pipelines/tiny.py) of width
+    `dim` built from the fixed seed NEW_TEXT_SEED, the same in every run; otherwise a local folder (encoder
+    or pipeline) or a bundled pipeline name. `init`: the init pipeline's folder, already resolved."""
     if spec == "auto":
-        if not init:
-            spec = "new:shapes"
-        else:
-            from longvideo.pipelines.folder import resolve_pipeline
-
-            spec = str(resolve_pipeline(init))
-    elif spec == "new:shapes" and init:
+        spec = "new:shapes" if init is None else str(init)
+    elif spec == "new:shapes" and init is not None:
         raise UserError(
             "text_encoder 'new:shapes' with init: the init model learnt its own text encoder; use 'auto' "
             "(the init's) or that encoder's folder"
@@ -47,45 +47,51 @@ def make_text_encoder(spec: str, max_length: int, dim: int, init: str = "") -> T
             return tiny_text_encoder(max_length=max_length, dim=dim)
     if spec.startswith("new:"):
         raise UserError(f"text_encoder {spec!r}: the only built-in one is 'new:shapes'")
+    if not Path(spec).exists():
+        from longvideo.pipelines.folder import resolve_pipeline
+
+        spec = str(resolve_pipeline(spec))  # a bundled name, or a one-line error
     return TextEncoder.from_pretrained(spec, cfg=TextEncoderConfig(max_length=max_length))
 
 
 class LatentBatches:
-    """Latents + text states for the trainer; the VAE and text encoder are frozen and live here."""
+    """Latents + text states of global batch `step`, this data-parallel rank's share of it.
 
-    def __init__(self, cfg, env: DistEnv, vae: CausalVAE, text_encoder: TextEncoder):
-        self.cfg, self.env, self.vae, self.text_encoder = cfg, env, vae.eval(), text_encoder
-        d = cfg.data
+    cfg: the data config; batch_size: the global batch; dp_size: data-parallel ranks (the bucket sampler
+    splits a batch over them); main: this process builds the latent cache (others wait at a barrier)."""
+
+    def __init__(self, cfg: DiTDataConfig, batch_size: int, dp_size: int, vae: CausalVAE,
+                 text_encoder: TextEncoder, main: bool = True):  # fmt: skip
+        self.cfg, self.batch_size, self.vae, self.text_encoder = cfg, batch_size, vae.eval(), text_encoder
         self.cache: LatentCache | None = None
         self.items = self.sampler = None
-        if d.source == "shapes":
-            items = shapes_items(d.shapes, d.seed)
-            if d.cache:
-                source = {"kind": "shapes", "config": asdict(d.shapes), "seed": d.seed}
-                if env.main:
-                    build_latent_cache(d.cache, vae, items, d.num_videos, source)
+        if cfg.source == "shapes":
+            items = shapes_items(cfg.shapes, cfg.seed)
+            if cfg.cache:
+                source = {"kind": "shapes", "config": asdict(cfg.shapes), "seed": cfg.seed}
+                if main:
+                    build_latent_cache(cfg.cache, vae, items, cfg.num_videos, source)
                 barrier()
-                self.cache = LatentCache(d.cache)
-                if cfg.latent_stats and not vae.cfg.latents_mean:
-                    vae.cfg.latents_mean, vae.cfg.latents_std = self.cache.channel_stats()
+                self.cache = LatentCache(cfg.cache)
             else:
                 self.items = items
-            self.size = d.num_videos
+            self.size = cfg.num_videos
         else:  # a manifest of videos/images in several sizes: bucketed, encoded batch by batch
             from longvideo.data.buckets import BucketSampler
             from longvideo.data.manifest import ManifestConfig, ManifestDataset
 
-            if not d.manifest:
-                raise UserError("data.source 'manifest' needs data.manifest (a manifest.jsonl)")
-            mcfg = ManifestConfig(fps=d.fps or None, seed=d.seed)
-            if d.buckets:
-                mcfg.buckets = [list(b) for b in d.buckets]
-            self.dataset = ManifestDataset(d.manifest, mcfg)
-            per_rank = cfg.batch_size // env.world_size
-            self.sampler = BucketSampler(self.dataset.buckets, per_rank, env.world_size, seed=d.seed)
+            mcfg = ManifestConfig(fps=cfg.fps or None, seed=cfg.seed)
+            if cfg.buckets:
+                mcfg.buckets = [list(b) for b in cfg.buckets]
+            self.dataset = ManifestDataset(cfg.manifest, mcfg)
+            self.sampler = BucketSampler(self.dataset.buckets, batch_size // dp_size, dp_size, seed=cfg.seed)
             self.size = len(self.dataset)
         self._text: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.empty_text = self.text("")
+
+    def channel_stats(self) -> tuple[list[float], list[float]] | None:
+        """Per-channel (mean, std) of the cached latents; None without a cache."""
+        return None if self.cache is None else self.cache.channel_stats()
 
     def text(self, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(states (L, D) float32, mask (L,)) of one caption, computed once."""
@@ -95,14 +101,14 @@ class LatentBatches:
         return self._text[caption]
 
     def global_batch(self, step: int) -> list[int]:
-        """Item indices of global batch `step` (B = cfg.batch_size; rank r takes slice r of B / world)."""
+        """Item indices of global batch `step` (B = batch_size; dp rank r takes slice r of B / dp_size)."""
         if self.sampler is not None:
             return self.sampler.batch_at(step)[1]
-        b, n = self.cfg.batch_size, self.size
+        b, n = self.batch_size, self.size
         out = []
         for p in range(step * b, (step + 1) * b):
             epoch, i = divmod(p, n)
-            out.append(int(_permutation(self.cfg.data.seed, epoch, n)[i]))
+            out.append(int(_permutation(self.cfg.seed, epoch, n)[i]))
         return out
 
     def load(self, step: int, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -120,12 +126,12 @@ class LatentBatches:
                 x = torch.stack([px for px, _ in got]).to(next(self.vae.parameters()).device)
                 z = self.vae.encode(x).mode().float().cpu()
             captions = [row["caption"] for _, row in got]
-        every = self.cfg.data.image_every
+        every = self.cfg.image_every
         if every > 0 and step % every == 0:
             z = z[:, :, :1]  # a causal VAE's latent frame 0 is the first frame's image latent, exactly
         states = [self.text(c) for c in captions]
-        text = torch.stack([s for s, _ in states]).clone()
-        mask = torch.stack([m for _, m in states]).clone()
+        text = torch.stack([s for s, _ in states])
+        mask = torch.stack([m for _, m in states])
         return scale_latents(z, self.vae.cfg), text, mask
 
 
@@ -139,14 +145,3 @@ def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
             _PERMS.clear()
         _PERMS[key] = np.random.default_rng([seed, epoch, 11]).permutation(n)
     return _PERMS[key]
-
-
-def make_batches(cfg, env: DistEnv) -> LatentBatches:
-    if cfg.batch_size % (env.world_size * cfg.grad_accum):
-        raise UserError(
-            f"batch_size {cfg.batch_size} must be a multiple of world size x grad_accum "
-            f"({env.world_size} x {cfg.grad_accum})"
-        )
-    vae = load_vae(cfg.vae).to(env.device)
-    text_encoder = make_text_encoder(cfg.text_encoder, cfg.text_max_length, cfg.text_dim, cfg.init)
-    return LatentBatches(cfg, env, vae, text_encoder)

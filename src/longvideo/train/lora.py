@@ -80,7 +80,7 @@ def _matches(target: str, name: str) -> bool:
 
 
 def _tuner_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    from peft.tuners.tuners_utils import BaseTunerLayer  # peft imports slowly (~2 s): only when used
+    from peft.tuners.tuners_utils import BaseTunerLayer  # peft imports slowly: only when used
 
     return [(n, m) for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
 

@@ -10,23 +10,19 @@ and noise the uninterrupted run would have.
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from longvideo.data.shapes import ShapesConfig, sample_video, video_rng
-from longvideo.diffusion import salient_weights
 from longvideo.errors import UserError
 from longvideo.models.vae.io import load_vae, save_vae
 from longvideo.models.vae.model import CausalVAE, VAEConfig
-from longvideo.train import schedule
-from longvideo.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from longvideo.train import loop, schedule
 from longvideo.train.ema import EMA
+from longvideo.train.salient import salient_weights
 from longvideo.train.vae_losses import (
     PatchDiscriminator,
     adaptive_gan_weight,
@@ -51,8 +47,7 @@ class VAETrainConfig:
     max_start_frame: int = 64  # clips start at a random frame in [0, this): reflections, crossings
     lr: float = 2e-4
     # (0.5, 0.9): the seeds' recipe, made for the GAN phase; without a discriminator (0.9, 0.999) at a lower
-    # lr trains far faster (benchmarks/vae_overfit.py, 8 images, 300 steps: lr 3e-4 (0.9, 0.999) 32.0 dB,
-    # lr 1e-3 (0.5, 0.9) 24.9 dB; configs/shapes_vae_v2.yaml)
+    # lr trains far faster (benchmarks/probes/vae_overfit.py; the figures are in BENCHMARKS.md)
     betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
     warmup: int = 100
     min_lr_ratio: float = 0.1  # cosine decay to lr * this at the last step
@@ -61,7 +56,7 @@ class VAETrainConfig:
     mse_weight: float = 0.0  # an MSE term beside L1 (see vae_losses.vae_loss for why)
     # L1/MSE weight 1 + salient_boost on the pixels that differ from the clip's median colour (the objects on
     # a plain background), grown by salient_dilate px (the ring a decoder blurs them into); 0 = plain mean.
-    # diffusion/objectives.py salient_weights, as the DiT trainer's salient_boost on latents.
+    # train/salient.py, as the DiT trainer's salient_boost on latents.
     salient_boost: float = 0.0
     salient_ratio: float = 4.0
     salient_dilate: int = 1
@@ -128,8 +123,7 @@ class VAETrainer:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.vae = load_vae(cfg.init).train() if cfg.init else CausalVAE(cfg.model)
-        if cfg.init:
-            cfg.model = self.vae.cfg
+        self.model_cfg = self.vae.cfg  # the init's config when starting from one (cfg.model is then unused)
         if cfg.stage == "decoder":
             for name in CausalVAE.LATENT_PATH:
                 getattr(self.vae, name).requires_grad_(False)
@@ -146,35 +140,31 @@ class VAETrainer:
             self.lpips = LPIPS(cfg.lpips_weights)
         self.disc = self.opt_d = None
         if cfg.gan_start >= 0:
-            self.disc = PatchDiscriminator(cfg.model.in_channels)
+            self.disc = PatchDiscriminator(self.model_cfg.in_channels)
             self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.disc_lr, betas=tuple(cfg.betas))
-        self.out = Path(cfg.out)
-        self.step = 0
+        self.loop = loop.LoopConfig.of(cfg)
 
-    # -- checkpoints ------------------------------------------------------------------------------------
+    # -- state ------------------------------------------------------------------------------------------
 
-    def save(self) -> Path:
+    def checkpoint_state(self) -> loop.CheckpointState:
         tensors = {"model": self.vae.state_dict(), "ema": self.ema.state_dict()}
         objects = {"optim": self.opt.state_dict()}
         if self.disc is not None:
             tensors["disc"] = self.disc.state_dict()
             objects["optim_d"] = self.opt_d.state_dict()
         meta = {"ema_updates": self.ema.updates, "config": asdict(self.cfg)}
-        return save_checkpoint(self.out / "ckpt", self.step, tensors, objects, meta, keep=self.cfg.keep)
+        return loop.CheckpointState(tensors, objects, meta)
 
-    def try_resume(self) -> bool:
-        path = latest_checkpoint(self.out / "ckpt")
-        if path is None:
-            return False
-        tensors, objects, meta = load_checkpoint(path)
-        self.vae.load_state_dict(tensors["model"])
-        self.ema.load_state_dict(tensors["ema"], meta["ema_updates"])
-        self.opt.load_state_dict(objects["optim"])
-        if self.disc is not None and "disc" in tensors:
-            self.disc.load_state_dict(tensors["disc"])
-            self.opt_d.load_state_dict(objects["optim_d"])
-        self.step = meta["step"]
-        return True
+    def load_checkpoint_state(self, state: loop.CheckpointState) -> None:
+        self.vae.load_state_dict(state.tensors["model"])
+        self.ema.load_state_dict(state.tensors["ema"], state.meta["ema_updates"])
+        self.opt.load_state_dict(state.objects["optim"])
+        if self.disc is not None and "disc" in state.tensors:
+            self.disc.load_state_dict(state.tensors["disc"])
+            self.opt_d.load_state_dict(state.objects["optim_d"])
+
+    def fit(self, progress: bool = True) -> dict:
+        return loop.fit(self, self.loop, name="train vae", progress=progress)
 
     # -- one step ---------------------------------------------------------------------------------------
 
@@ -214,40 +204,9 @@ class VAETrainer:
             logs["d"] = d_loss.item()
         return logs | {"loss": loss.item(), "lr": self.opt.param_groups[0]["lr"], "frames": x.shape[2]}
 
-    def fit(self, progress: bool = True) -> dict:
-        cfg = self.cfg
-        resumed = self.try_resume()
-        self.out.mkdir(parents=True, exist_ok=True)
-        log = (self.out / "metrics.jsonl").open("a")
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="train vae", unit="step", disable=not progress)
-        last = {}
-        losses: list[float] = []  # since the last log line: its loss_mean (one step's loss is noisy)
-        try:
-            end = min(cfg.steps, cfg.stop_at) if cfg.stop_at > 0 else cfg.steps
-            while self.step < end:
-                t0 = time.perf_counter()
-                logs = self.train_step(self.step)
-                self.step += 1
-                last = logs | {"step": self.step, "sec": round(time.perf_counter() - t0, 3)}
-                losses.append(logs["loss"])
-                if self.step % cfg.log_every == 0 or self.step == end:
-                    log.write(json.dumps(last | {"loss_mean": sum(losses) / len(losses)}) + "\n")
-                    losses.clear()
-                    log.flush()
-                if self.step % cfg.save_every == 0 or self.step == end:
-                    self.save()
-                bar.set_postfix(loss=f"{logs['loss']:.4f}", l1=f"{logs['l1']:.4f}")
-                bar.update()
-        finally:
-            bar.close()
-            log.close()
-        if cfg.export:
-            self.export(cfg.export)
-        return {"steps": self.step, "resumed": resumed, "last": last, "out": str(self.out)}
-
     def export(self, folder: str | Path) -> Path:
         """The EMA weights as a VAE folder (what `load_vae` and pipelines read)."""
-        vae = CausalVAE(self.cfg.model)
+        vae = CausalVAE(self.model_cfg)
         vae.load_state_dict(self.vae.state_dict())  # frozen parts as they are
         self.ema.copy_to(vae)
         return save_vae(vae, folder, dtype=getattr(torch, self.cfg.export_dtype))

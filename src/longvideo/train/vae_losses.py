@@ -66,7 +66,7 @@ def vae_loss(
 
     Why an MSE term: L1's gradient is the error's sign, so while the decoder cannot yet place a small object
     it is pulled to the per-pixel median, the background, and objects fade out; MSE keeps pulling towards
-    them. On the shapes world L1 alone reached 19 dB after 300 steps on 8 fixed images, L1 + 10 MSE 27 dB.
+    them (on the shapes world the difference is large: BENCHMARKS.md, the VAE's first recipe).
     """
 
     def mean(err: Tensor) -> Tensor:

@@ -136,7 +136,7 @@ def _grow(out: Path, old_n: int, shard_size: int) -> None:
 
 class LatentCache(torch.utils.data.Dataset):
     """The cache as a dataset: item i -> (latents (C, K, h, w) float32, caption). Loads every shard into
-    memory (the shapes model's 12k clips are ~220 MB in float16)."""
+    memory: the cache is float16 latents, small beside the videos they stand for."""
 
     def __init__(self, folder: str | Path):
         folder = Path(folder)
