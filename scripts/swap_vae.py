@@ -13,8 +13,8 @@ import sys
 
 import torch
 
-from longvideo.models.vae.io import load_vae
 from longvideo.models.vae.model import CausalVAE
+from longvideo.pipelines.folder import load_vae
 from longvideo.pipelines.video import VideoPipeline
 
 

@@ -13,7 +13,8 @@ import pytest
 from longvideo.convert.easyanimate_dit import easyanimate_dit_config
 from longvideo.convert.osp_dit import osp_dit_config
 from longvideo.convert.vchitect_dit import vchitect_dit_config
-from longvideo.models.dit import build_dit, count_params, dit_preset
+from longvideo.models.dit import build_dit, dit_preset
+from longvideo.models.weights import count_params
 
 OSP_93X720P = {
     "_class_name": "OpenSoraT2V",

@@ -9,8 +9,9 @@ import time
 import pytest
 import torch
 
-from longvideo.models.dit import PRESETS, DiTConfig, VideoDiT, build_dit, count_params, dit_preset
+from longvideo.models.dit import PRESETS, DiTConfig, VideoDiT, build_dit, dit_preset
 from longvideo.models.dit.rope import grid_positions, rope_1d, rope_3d, rope_3d_from_positions
+from longvideo.models.weights import count_params
 
 TINY = ["tiny-motion", "tiny-full3d", "tiny-parallel", "tiny-parallel-mmdit"]
 FRAME_WISE = ["tiny-motion", "tiny-parallel", "tiny-parallel-mmdit"]  # frames independent until trained

@@ -19,7 +19,7 @@ import json
 import torch
 
 from longvideo.data.shapes import ShapesConfig, sample_video, video_rng
-from longvideo.models.vae.io import load_vae
+from longvideo.pipelines.folder import load_vae
 
 
 @torch.no_grad()

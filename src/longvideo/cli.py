@@ -317,7 +317,7 @@ def cmd_train(a) -> None:
 
 def cmd_eval_recon(a) -> None:
     from longvideo.eval.recon import shapes_recon
-    from longvideo.models.vae.io import load_vae
+    from longvideo.pipelines.folder import load_vae
 
     if a.num <= 0 or a.frames < 1 or (a.frames - 1) % 4:
         raise UserError("eval recon: --num must be > 0 and --frames 1 + a multiple of 4 (e.g. 33)")
@@ -332,7 +332,7 @@ def cmd_bench_vae(a) -> None:
     import torch
 
     from longvideo.bench import bench_vae
-    from longvideo.models.vae.io import load_vae
+    from longvideo.pipelines.folder import load_vae
 
     if a.chunk <= 0:
         raise UserError(f"--chunk must be > 0, got {a.chunk}")

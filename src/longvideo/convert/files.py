@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from longvideo.errors import UserError
-from longvideo.pipelines.folder import read_json
+from longvideo.models.weights import read_json
 
 PREFERRED = ("diffusion_pytorch_model.safetensors", "model.safetensors")
 LEGACY = (".pt", ".pth", ".ckpt", ".bin")

@@ -7,7 +7,8 @@ we convert; text_encoder/ + tokenizer/ copied as they are when the source (or --
 scheduler/config.json with the seed's settings; model_index.json last. A part that cannot be written is
 named in model_index.json's `_missing` (with what to add) and in the printed summary; such a folder holds
 what converted but does not load as a VideoPipeline until the part is added. For `exvideo-svd`, DST gets
-the extension in diffusers' names instead (exvideo_svd.py).
+the extension in diffusers' names instead (exvideo_svd.py). Nothing here imports pipelines/ (which imports
+this module to load a source folder): the folder primitives come from models/weights.py.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import torch
 from longvideo import __version__
 from longvideo.convert import sources as S
 from longvideo.errors import UserError
-from longvideo.models.dit import count_params
 from longvideo.models.text import TextEncoder, TextEncoderConfig
-from longvideo.pipelines.folder import FORMAT, AtomicFolder, save_transformer, write_json
+from longvideo.models.vae.io import save_vae
+from longvideo.models.weights import FORMAT, AtomicFolder, count_params, save_component, write_json
 
 
 def convert_source(
@@ -43,7 +44,7 @@ def convert_source(
     fmt = S.get_format(fmt_name)
     with AtomicFolder(dst) as tmp:  # checks DST first; removed again if anything below fails
         transformer, raw = S.read_transformer(fmt, src)
-        save_transformer(transformer, tmp / "transformer")
+        save_component(transformer, tmp / "transformer", "transformer")
         params, name = count_params(transformer), type(transformer).__name__
         del transformer  # before the VAE: a real-scale DiT is several GB
         index: dict = {
@@ -55,8 +56,6 @@ def convert_source(
         }
         vae_dir = S.find_vae(fmt, src, vae)
         if vae_dir is not None:
-            from longvideo.models.vae.io import save_vae
-
             vae_model = S.read_vae(fmt, vae_dir)
             save_vae(vae_model, tmp / "vae")
             index["vae"] = ["longvideo", type(vae_model).__name__]

@@ -6,10 +6,11 @@ from __future__ import annotations
 import torch
 
 from longvideo.models.dit import PRESETS as DIT_PRESETS
-from longvideo.models.dit import build_dit, count_params
-from longvideo.models.vae.io import ASSETS, BUNDLED
+from longvideo.models.dit import build_dit
 from longvideo.models.vae.model import PRESETS as VAE_PRESETS
 from longvideo.models.vae.model import CausalVAE, vae_preset
+from longvideo.models.weights import count_params
+from longvideo.pipelines import folder as fs
 
 
 def list_models() -> list[dict]:
@@ -44,12 +45,12 @@ def list_models() -> list[dict]:
                 "compression": f"{f}x{s}x{s}",
             }
         )
-    for name in BUNDLED:
+    for name in fs.BUNDLED:
         rows.append(
             {
                 "name": name,
                 "component": "pipeline",
-                "installed": (ASSETS / name / "model_index.json").is_file(),
+                "installed": (fs.ASSETS / name / "model_index.json").is_file(),
             }
         )
     return rows

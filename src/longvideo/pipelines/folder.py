@@ -6,34 +6,43 @@
     text_encoder/ tokenizer/  transformers' own files                              (models/text.py)
     scheduler/config.json     {"diffusion": DiffusionConfig, "defaults": PipelineDefaults}
 
-A bundled name (`shapes`) is a folder inside the package, `longvideo/assets/<name>/`. Weights load one way:
-built on the meta device, `load_state_dict(assign=True)`, missing or unexpected keys refused.
+A bundled name (`BUNDLED`: `shapes`) is a folder inside the package, `longvideo/assets/<name>/`; names
+resolve here, not in models/ (`resolve_pipeline`, `resolve_component`, `load_vae`). The VAE and the
+transformer load one way (models/weights.py): built on the meta device, checked, `load_state_dict(
+assign=True)`. A seed's source folder loads too, converted in memory by convert/output.py (which imports
+nothing from here).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from longvideo import __version__
 from longvideo.errors import UserError
-from longvideo.models.dit import DiTConfig, VideoDiT, build_dit
+from longvideo.models.dit import DiTConfig, VideoDiT
 from longvideo.models.text import TextEncoder, TextEncoderConfig
-from longvideo.models.vae.io import ASSETS, BUNDLED, load_vae, save_vae
+from longvideo.models.vae.io import load_vae as load_vae_folder
+from longvideo.models.vae.io import save_vae
 from longvideo.models.vae.model import CausalVAE
+from longvideo.models.weights import (
+    FORMAT,
+    AtomicFolder,
+    from_dict,
+    load_component,
+    read_json,
+    save_component,
+    write_json,
+)
 
-FORMAT = 1  # model_index.json "_format": bump when the layout changes
-T = TypeVar("T")
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+BUNDLED = ("shapes",)  # pipeline folders shipped inside the package
+COMPONENT_NAMES = {"vae": "VAE", "transformer": "transformer"}
 
 
 def resolve_pipeline(path_or_name: str | os.PathLike[str]) -> Path:
@@ -54,34 +63,26 @@ def resolve_pipeline(path_or_name: str | os.PathLike[str]) -> Path:
     return p
 
 
-def read_json(path: Path, missing: str = "missing") -> dict:
-    """A JSON object file; a missing (`{path}: {missing}`), unreadable or non-object file is a UserError."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: {missing}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: unreadable JSON ({type(e).__name__})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    return data
+def resolve_component(name_or_path: str | os.PathLike[str], component: str) -> Path:
+    """A bundled model name (its `component/` folder), a pipeline folder (its `component/`), or a component
+    folder (config.json + model.safetensors) itself; `component` is "vae" or "transformer"."""
+    p = Path(name_or_path)
+    if str(name_or_path) in BUNDLED and not p.exists():
+        p = ASSETS / str(name_or_path)
+    if (p / component / "config.json").is_file():
+        return p / component
+    if (p / "config.json").is_file():
+        return p
+    raise UserError(
+        f"no {COMPONENT_NAMES[component]} at {str(name_or_path)!r}: expected a bundled name "
+        f"({', '.join(BUNDLED)}), a pipeline folder with {component}/, or a folder with config.json + "
+        "model.safetensors"
+    )
 
 
-def from_dict(cls: type[T], data: Any, where: str) -> T:
-    """A config dataclass from a JSON object, unknown or ill-typed fields as a one-line UserError."""
-    if not isinstance(data, dict):
-        raise UserError(f"{where}: expected a JSON object for {cls.__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise UserError(f"{where}: unknown {cls.__name__} field(s) {unknown[:3]}")
-    try:
-        obj = cls(**data)
-        if callable(getattr(obj, "validate", None)):
-            obj.validate()
-    except (TypeError, ValueError) as e:
-        raise UserError(f"{where}: bad {cls.__name__} ({str(e).splitlines()[0]})") from None
-    return obj
+def load_vae(name_or_path: str | os.PathLike[str], dtype: torch.dtype = torch.float32) -> CausalVAE:
+    """The VAE of a bundled model name (`shapes`), a pipeline folder (its vae/) or a VAE folder."""
+    return load_vae_folder(resolve_component(name_or_path, "vae"), dtype)
 
 
 # ----------------------------------------------------------------------------- the whole folder
@@ -104,7 +105,7 @@ def load_parts(
         raise UserError(f"{root / 'model_index.json'}: not a {class_name} folder")
     if index["_format"] > FORMAT:
         raise UserError(f"{root}: pipeline format {index['_format']} is newer than this version reads")
-    vae = load_vae(root / "vae", dtype=dtype)
+    vae = load_vae_folder(root / "vae", dtype)
     transformer = load_transformer(root / "transformer", dtype=dtype)
     te = {**index.get("text_encoder_config", {}), "path": str(root)}
     te_cfg = from_dict(TextEncoderConfig, te, f"{root / 'model_index.json'} text_encoder_config")
@@ -161,85 +162,28 @@ def save_parts(
 # ----------------------------------------------------------------------------- transformer
 
 
-def load_transformer(folder: Path, dtype: torch.dtype = torch.float32) -> VideoDiT:
-    cfg = from_dict(DiTConfig, read_json(folder / "config.json"), str(folder / "config.json"))
-    try:
-        sd = load_file(folder / "model.safetensors")
-    except (FileNotFoundError, SafetensorError, OSError) as e:
-        raise UserError(f"{folder / 'model.safetensors'}: cannot read weights ({type(e).__name__})") from None
-    model = build_dit(cfg, device="meta")
-    want = model.state_dict()
-    missing, unexpected = sorted(set(want) - set(sd)), sorted(set(sd) - set(want))
-    if missing or unexpected:
-        raise UserError(
-            f"{folder}: weights do not match config.json ({len(missing)} missing, e.g. {missing[:2]}; "
-            f"{len(unexpected)} unexpected, e.g. {unexpected[:2]})"
-        )
-    bad = [k for k in want if tuple(want[k].shape) != tuple(sd[k].shape)]
-    if bad:
-        raise UserError(
-            f"{folder}: weight {bad[0]} has shape {tuple(sd[bad[0]].shape)}, config.json implies "
-            f"{tuple(want[bad[0]].shape)} ({len(bad)} mismatched)"
-        )
-    sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
-    model.load_state_dict(sd, assign=True)
-    return model.eval().requires_grad_(False)
+def load_transformer(folder: str | os.PathLike[str], dtype: torch.dtype = torch.float32) -> VideoDiT:
+    """The transformer of a transformer folder (config.json + model.safetensors), frozen, in eval mode."""
+    return load_component(folder, DiTConfig, VideoDiT, dtype, "transformer").requires_grad_(False)
 
 
 def save_transformer(model: VideoDiT, folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(sd, folder / "model.safetensors", metadata={"format": "pt", "component": "transformer"})
-    write_json(folder / "config.json", dataclasses.asdict(model.cfg))
+    save_component(model, folder, "transformer")
 
 
-# ----------------------------------------------------------------------------- writing
-
-
-def write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1) + "\n")
-
-
-class AtomicFolder:
-    """Write a folder under a hidden temporary name next to it, then move it into place on success.
-
-    An existing target is replaced only if it is a pipeline folder (has model_index.json) or empty, so a
-    wrong path never wipes unrelated files; on failure the temporary folder is removed.
-    """
-
-    def __init__(self, target: str | os.PathLike[str]):
-        self.target = Path(target)
-        self.tmp = self.target.parent / f".{self.target.name}.tmp-{os.getpid()}"
-
-    def __enter__(self) -> Path:
-        t = self.target
-        if t.exists() and not (t.is_dir() and ((t / "model_index.json").is_file() or not any(t.iterdir()))):
-            raise UserError(f"{t} exists and is not a pipeline folder: refusing to overwrite it")
-        if not t.parent.is_dir():
-            raise UserError(f"output directory does not exist: {t.parent}")
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir()
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        _umask_permissions(self.tmp)
-        old = self.target.parent / f".{self.target.name}.old-{os.getpid()}"
-        if self.target.exists():
-            self.target.rename(old)  # two renames: the target is never half-written
-        self.tmp.rename(self.target)
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _umask_permissions(root: Path) -> None:
-    """Files as the umask allows (e.g. 0644): safetensors writes 0600, which would hide a bundled model
-    installed by one user from the others."""
-    mask = os.umask(0)
-    os.umask(mask)
-    for d, _, files in os.walk(root):
-        os.chmod(d, 0o777 & ~mask)
-        for f in files:
-            os.chmod(os.path.join(d, f), 0o666 & ~mask)
+__all__ = [
+    "ASSETS",
+    "BUNDLED",
+    "FORMAT",
+    "AtomicFolder",
+    "from_dict",
+    "load_parts",
+    "load_transformer",
+    "load_vae",
+    "read_json",
+    "resolve_component",
+    "resolve_pipeline",
+    "save_parts",
+    "save_transformer",
+    "write_json",
+]

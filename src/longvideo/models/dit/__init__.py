@@ -3,7 +3,7 @@
 from longvideo.models.dit.blocks import BlockInputs
 from longvideo.models.dit.config import FAMILIES, PRESETS, DiTConfig, dit_preset
 from longvideo.models.dit.layers import AttentionFn, AttentionOp, sdpa_attention
-from longvideo.models.dit.model import VideoDiT, build_dit, count_params
+from longvideo.models.dit.model import VideoDiT, build_dit
 from longvideo.models.dit.rope import Rope, rope_1d, rope_3d
 
 __all__ = [
@@ -16,7 +16,6 @@ __all__ = [
     "Rope",
     "VideoDiT",
     "build_dit",
-    "count_params",
     "dit_preset",
     "rope_1d",
     "rope_3d",

@@ -226,10 +226,6 @@ def build_dit(preset_or_cfg: str | DiTConfig, device: torch.device | str = "meta
         return VideoDiT(cfg)
 
 
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def _masked_mean(text: Tensor, mask: Tensor | None) -> Tensor:
     """Mean of (B, L, D) over the kept tokens of mask (B, L) (all of them when none is kept) -> (B, D)."""
     if mask is None:

@@ -416,10 +416,6 @@ def vae_preset(name: str) -> VAEConfig:
     return copy.deepcopy(PRESETS[name])
 
 
-def count_params(m: nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())
-
-
 __all__ = [
     "PRESETS",
     "CausalVAE",
