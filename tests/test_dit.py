@@ -1,5 +1,6 @@
 """The video DiT (models/dit): shapes, zero-init branches, RoPE, text masks, the injectable attention
-function, a few training steps per family, and the real presets on the meta device. Tiny configs, CPU."""
+function, the embed -> blocks -> head seam and shares of the frames at their clip positions, a few training
+steps per family, and the real presets on the meta device. Tiny configs, CPU."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from longvideo.models.dit import PRESETS, DiTConfig, VideoDiT, build_dit, dit_preset
+from longvideo.models.dit.layers import sinusoid_table
 from longvideo.models.dit.rope import grid_positions, rope_1d, rope_3d, rope_3d_from_positions
 from longvideo.models.weights import count_params
 
@@ -276,6 +278,115 @@ def test_attention_goes_through_the_injected_function(name):
         op.attention_fn = recording
     model.set_attention_fn(lambda q, k, v, mask: torch.zeros_like(q), kinds=["cross"])
     assert all((op.attention_fn is recording) == (op.kind != "cross") for op in ops)
+
+
+# ----------------------------------------------------------------------------- seams: embed -> blocks -> head
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_embed_run_blocks_head_is_forward(name):
+    model = randomize_(make(name, cond_channels=5))
+    kw = inputs(model.cfg, t=3)
+    kw |= dict(text_mask=torch.tensor([[1, 1, 1, 1, 0, 0], [1] * 6]), cond=torch.randn(2, 5, 3, 8, 8))
+    h, text, c = model.embed(**kw)
+    assert h.shape == (2, 3 * 4 * 4, model.cfg.dim) and c.grid == c.global_grid == (3, 4, 4)
+    assert c.frames.tolist() == [0, 1, 2] and c.num_frames == 3
+    torch.testing.assert_close(model.head(model.run_blocks(h, text, c), c), model(**kw), rtol=0, atol=0)
+
+
+def _share(h, t: int, frames: list[int]):
+    """Tokens (B, T*S, D) -> those of the given frames, (B, len(frames)*S, D)."""
+    return h.unflatten(1, (t, -1))[:, frames].flatten(1, 2)
+
+
+def test_rope_of_a_share_of_frames_is_the_slice_of_the_clip_table():
+    grid, share = (5, 3, 2), torch.tensor([2, 3])
+    full = rope_3d(grid, 24, scale=(2.0, 1.0, 1.0), riflex=(2, 9))
+    part = rope_3d((2, 3, 2), 24, scale=(2.0, 1.0, 1.0), riflex=(2, 9), frames=share)
+    for a, b in ((part.cos, full.cos), (part.sin, full.sin)):
+        torch.testing.assert_close(a, _share(b[None], 5, [2, 3])[0], rtol=0, atol=0)
+    full, part = rope_1d(5, 16, riflex=(1, 9)), rope_1d(share, 16, riflex=(1, 9))
+    torch.testing.assert_close(part.cos, full.cos[2:4], rtol=0, atol=0)
+    torch.testing.assert_close(part.sin, full.sin[2:4], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="frames"):
+        grid_positions((3, 2, 2), frames=share)
+    # the model's: local_inputs computes RoPE at the share's clip positions
+    per_token, per_frame = (lambda r: _share(r[None], 5, [3, 4])[0]), (lambda r: r[3:])
+    for name, rows in (("tiny-full3d", per_token), ("tiny-parallel", per_frame)):
+        model = make(name)
+        _, _, c = model.embed(**inputs(model.cfg, t=5))
+        local = model.local_inputs(c, torch.tensor([3, 4]))
+        assert local.grid == (2, 4, 4) and local.global_grid == (5, 4, 4) and local.frames.tolist() == [3, 4]
+        torch.testing.assert_close(local.rope.cos, rows(c.rope.cos), rtol=0, atol=0)
+        assert model.local_inputs(local, torch.tensor([1])).frames.tolist() == [4]  # indices into its frames
+
+
+@pytest.mark.parametrize("table", [0, 4])  # the sinusoid, or ExVideo's trainable table
+def test_motion_position_rows_follow_the_frames(table):
+    pos = torch.tensor([4, 1, 2])
+    table_rows = sinusoid_table(5, 32, "cpu")[pos]
+    torch.testing.assert_close(sinusoid_table(pos, 32, "cpu"), table_rows, rtol=0, atol=0)
+    model = randomize_(make("tiny-motion", temporal_pos_table=table))
+    _, _, c = model.embed(**inputs(model.cfg, t=3))
+    local = model.local_inputs(c, torch.tensor([1, 2]))
+    attn = model.transformer_blocks[0].attn_temporal.transformer_blocks[0].attention_blocks[0]
+    attn.op.attention_fn = lambda q, k, v, mask: v  # on zero tokens the output is to_out(to_v(position rows))
+    rows = sinusoid_table(3, model.cfg.dim, "cpu") if table == 0 else attn.pos_table
+    expect = attn.to_out[0](attn.to_v(rows[1:3]))[None, :, None, None].expand(2, 2, 4, 4, -1)
+    torch.testing.assert_close(attn(torch.zeros(2, 2, 4, 4, model.cfg.dim), local), expect, rtol=0, atol=1e-6)
+    if table:  # the table is checked against the clip's frame count, not the share's
+        _, _, c5 = model.embed(**inputs(model.cfg, t=5))
+        with pytest.raises(ValueError, match="5 frames is more than"):
+            attn(torch.zeros(2, 2, 4, 4, model.cfg.dim), model.local_inputs(c5, torch.tensor([0, 1])))
+
+
+# the blocks on a share of the frames equal the slice of the clip's, once attention across frames is replaced
+# by a function that does not mix tokens but depends on their positions (returns the rotated queries)
+SHARE = [
+    ("tiny-motion", {}),
+    ("tiny-motion", {"temporal_pos_table": 8}),
+    ("tiny-full3d", {}),
+    ("tiny-parallel", {}),
+]
+
+
+@pytest.mark.parametrize(("name", "overrides"), SHARE)
+def test_blocks_on_a_share_of_frames_see_their_clip_positions(name, overrides):
+    model = randomize_(make(name, **overrides))
+    model.set_attention_fn(lambda q, k, v, mask: q, kinds=["temporal", "global", "full"])
+    kw = inputs(model.cfg, t=5)
+    h, text, c = model.embed(**kw, text_mask=torch.tensor([[1, 1, 1, 1, 0, 0], [1] * 6]))
+    ref = _share(model.run_blocks(h, text, c), 5, [2, 3])
+    local = model.local_inputs(c, torch.tensor([2, 3]))
+    out = model.run_blocks(_share(h, 5, [2, 3]), text, local)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+    torch.testing.assert_close(model.head(out, local), model.head(ref, local), rtol=0, atol=0)
+    # the same tokens taken for frames 0, 1 (positions read from the share's own grid) differ
+    wrong = model.local_inputs(c, torch.tensor([0, 1]))
+    assert not torch.allclose(model.run_blocks(_share(h, 5, [2, 3]), text, wrong), ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["tiny-parallel", "tiny-parallel-mmdit"])
+def test_parallel_temporal_branch_runs_on_a_one_frame_share_of_a_clip(name):
+    """The temporal branch is skipped for a one-frame clip, not for a one-frame share of a longer clip (the
+    temporal op then sees one-frame sequences; a sequence-parallel attention function makes them global)."""
+    model = randomize_(make(name))
+    calls = []
+
+    def recording(q, k, v, mask):
+        calls.append(q.shape[2])
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    model.set_attention_fn(recording, kinds=["temporal"])
+    kw = inputs(model.cfg, t=3)
+    h, text, c = model.embed(**kw)
+    if model.cfg.text_stream:
+        text = _share(text, 3, [1])
+    model.run_blocks(_share(h, 3, [1]), text, model.local_inputs(c, torch.tensor([1])))
+    assert calls and set(calls) == {1}  # one-frame sequences
+    calls.clear()
+    model(**{**kw, "x": kw["x"][:, :, :1]})  # a one-frame clip: no temporal attention
+    assert not calls
 
 
 # ----------------------------------------------------------------------------- training

@@ -2,7 +2,8 @@
 
 Every block is called as `block(x, text, c) -> (x, text)`: x the video tokens (B, T*H*W, D) with t outer,
 text the projected caption (B, L, D) (or the per-frame text stream of the dual-stream parallel family), c the
-per-call `BlockInputs`. One signature lets `parallelize` wrap any block (activation checkpointing, hooks).
+per-call `BlockInputs`. One signature lets code outside the model (parallel/) wrap any block (activation
+checkpointing, hooks) without knowing the family.
 """
 
 from __future__ import annotations
@@ -20,13 +21,37 @@ from longvideo.models.dit.rope import Rope
 
 @dataclass
 class BlockInputs:
-    """Computed once per forward by VideoDiT and handed to every block."""
+    """Computed once per forward by VideoDiT.embed and handed to every block.
 
-    grid: tuple[int, int, int]  # (T, H, W) patch grid of the tokens
+    The blocks' tokens may be a share of the clip's frames (frames split across ranks): `grid` is the
+    grid of the tokens the blocks see, `global_grid` the whole clip's, `frames` the clip positions of the
+    tokens' frames, and `rope` is computed at those positions (VideoDiT.local_inputs makes such a share).
+    A block reads frame positions and the frame count from `frames` / `global_grid`, never from grid[0].
+    """
+
+    grid: tuple[int, int, int]  # (T, H, W) patch grid of these tokens (T = this share's frames)
     temb: Tensor  # (B, D) timestep (+ pooled text) embedding
     t6: Tensor | None  # (B, 6D) shared adaLN-single modulation; None with adaln="zero"
     text_mask: Tensor | None  # (B, 1, 1, L) bool, True = attend; None = every text token
-    rope: Rope | None = None  # full3d: 3D over all tokens; parallel: 1D over frames; motion: none
+    rope: Rope | None = None  # full3d: 3D over the tokens; parallel: 1D over the frames; motion: none
+    global_grid: tuple[int, int, int] | None = None  # (T_global, H, W) of the whole clip; None: = grid
+    frames: Tensor | None = None  # (T,) int64 latent-frame index of each frame in the clip; None: 0..T-1
+
+    def __post_init__(self) -> None:
+        if self.global_grid is None:
+            self.global_grid = self.grid
+        if self.frames is None:
+            self.frames = torch.arange(self.grid[0], device=self.temb.device)
+        if tuple(self.frames.shape) != (self.grid[0],) or tuple(self.global_grid[1:]) != tuple(self.grid[1:]):
+            raise ValueError(
+                f"BlockInputs: frames {tuple(self.frames.shape)} and global grid {self.global_grid} do not "
+                f"fit the grid {self.grid}"
+            )
+
+    @property
+    def num_frames(self) -> int:
+        """Latent frames of the whole clip (not of this share)."""
+        return self.global_grid[0]
 
 
 def modulation_vectors(table: Tensor | None, zero: AdaLNZero | None, c: BlockInputs, n: int) -> list[Tensor]:
@@ -89,7 +114,7 @@ class PixArtBlock(ModulatedBlock):
             h = self.attn1(h, rope=c.rope)
         x = x + gate1 * h
         if self.attn_temporal is not None:
-            x = self.attn_temporal(x, c.grid)  # residual inside
+            x = self.attn_temporal(x, c)  # residual inside
         x = x + self.attn2(x, text, c.text_mask)
         x = x + gate2 * self.ff(modulate(layer_norm(x, self.eps), shift2, scale2))
         return x, text

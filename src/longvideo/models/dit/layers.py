@@ -29,8 +29,8 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) 
 
 
 class AttentionOp(nn.Module):
-    """One attention call site. `attention_fn` is a plain attribute: `VideoDiT.set_attention_fn` (or a
-    parallelize step, e.g. sequence parallelism) swaps it; `kind` says what the call attends over:
+    """One attention call site. `attention_fn` is a plain attribute: `VideoDiT.set_attention_fn` (or code
+    outside the model, in parallel/) swaps it; `kind` says what the call attends over:
     "spatial" (per frame), "temporal" (per position, across frames), "full" (all t*h*w tokens),
     "global" (motion module's full attention) or "cross" (to text). No parameters, no state."""
 
@@ -259,11 +259,15 @@ def abs_pos_embed(
     return sincos_2d(dim, ph, pw)
 
 
-def sinusoid_table(length: int, dim: int, device: torch.device) -> Tensor:
-    """(length, dim) interleaved sin/cos (AnimateDiff `PositionalEncoding`), for any length."""
-    pos = torch.arange(length, device=device, dtype=torch.float32)[:, None]
+def sinusoid_table(length: int | Tensor, dim: int, device: torch.device) -> Tensor:
+    """(length, dim) interleaved sin/cos (AnimateDiff `PositionalEncoding`), for any length; or, given
+    positions (L,), the rows of those positions: (L, dim)."""
+    if isinstance(length, Tensor):
+        pos = length.to(device=device, dtype=torch.float32)[:, None]
+    else:
+        pos = torch.arange(length, device=device, dtype=torch.float32)[:, None]
     div = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
-    pe = torch.zeros(length, dim, device=device)
+    pe = torch.zeros(len(pos), dim, device=device)
     pe[:, 0::2] = torch.sin(pos * div)
     pe[:, 1::2] = torch.cos(pos * div)
     return pe

@@ -11,13 +11,22 @@ tail of the previous chunk, keyframes). Those channels' patch-embedding weights 
 inflated from a T2V checkpoint computes the same function until it learns to use them; cond=None is
 all-zero, plain T2V.
 
+A forward is three public steps, so that code outside the model (parallel/) can act between them, e.g.
+split the tokens along frames after `embed` and gather them before `head`:
+
+    h, text, c = model.embed(x, t, text, text_mask, cond, pooled)  # tokens (B, T*H*W, D), BlockInputs
+    h = model.run_blocks(h, text, c)                               # the transformer blocks, U-ViT skips
+    out = model.head(h, c)                                         # (B, out_channels, T, H, W)
+
+`local_inputs(c, frames)` gives the BlockInputs of a share of the frames (positions, RoPE at them).
 All attention runs through `AttentionOp` modules whose `attention_fn` (default: torch SDPA) can be
-swapped from outside (`set_attention_fn`), e.g. by sequence parallelism or a flash kernel.
+swapped from outside (`set_attention_fn`) without touching the blocks.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Iterable
 
@@ -39,8 +48,8 @@ from longvideo.models.dit.layers import (
     layer_norm,
     modulate,
 )
-from longvideo.models.dit.parallel import ParallelBlock
 from longvideo.models.dit.rope import Rope, rope_1d, rope_3d
+from longvideo.models.dit.vchitect import ParallelBlock
 
 
 class VideoDiT(nn.Module):
@@ -141,6 +150,20 @@ class VideoDiT(nn.Module):
         """x (B, C, T, H, W) noisy latents; t (B,) float model timesteps; text (B, L, text_dim) encoder
         states; text_mask (B, L), 1 = keep; cond (B, cond_channels, T, H, W) or None (= zeros);
         pooled (B, pooled_dim) for pooled_dim > 0. Returns (B, out_channels, T, H, W)."""
+        h, text, c = self.embed(x, t, text, text_mask, cond, pooled)
+        return self.head(self.run_blocks(h, text, c), c)
+
+    def embed(
+        self,
+        x: Tensor,
+        t: Tensor,
+        text: Tensor,
+        text_mask: Tensor | None = None,
+        cond: Tensor | None = None,
+        pooled: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, BlockInputs]:
+        """forward's inputs -> video tokens h (B, T*H*W, D) in patches (t outer), projected text (B, L, D)
+        (dual stream: one copy per frame, (B, T*L, D), frame outer) and the BlockInputs of the whole clip."""
         cfg = self.cfg
         b = x.shape[0]
         if x.ndim != 5 or x.shape[1] != cfg.in_channels:
@@ -174,8 +197,13 @@ class VideoDiT(nn.Module):
         temb, t6 = temb.to(h.dtype), None if t6 is None else t6.to(h.dtype)
         if cfg.text_stream:  # one copy of the text per frame: (B, T*L, D)
             text = text[:, None].expand(-1, grid[0], -1, -1).flatten(1, 2)
-        c = BlockInputs(grid, temb, t6, self._text_mask(text_mask), self._rope(grid, x.device))
+        frames = torch.arange(grid[0], device=x.device)
+        rope = self._rope(grid, frames)
+        return h, text, BlockInputs(grid, temb, t6, self._text_mask(text_mask), rope, grid, frames)
 
+    def run_blocks(self, h: Tensor, text: Tensor, c: BlockInputs) -> Tensor:
+        """The transformer blocks (with U-ViT skips) on tokens h (B, T*H*W, D) of the grid c.grid -> same."""
+        cfg = self.cfg
         skips, n, first_pop = [], cfg.uvit_skips, cfg.num_layers - cfg.uvit_skips
         for i, block in enumerate(self.transformer_blocks):
             if i >= first_pop:  # U-ViT: block L-1-j receives block j's output
@@ -183,13 +211,25 @@ class VideoDiT(nn.Module):
             h, text = block(h, text, c)
             if i < n:
                 skips.append(h)
+        return h
 
+    def head(self, h: Tensor, c: BlockInputs) -> Tensor:
+        """Final adaLN and projection of tokens h (B, T*H*W, D) of the grid c.grid, un-patchified ->
+        (B, out_channels, T*pt, H*ph, W*pw). Per token: a share of the frames may go through it alone."""
         if self.norm_out is not None:
-            shift, scale = self.norm_out(temb).unbind(1)
+            shift, scale = self.norm_out(c.temb).unbind(1)
         else:
-            shift, scale = (self.scale_shift_table[None] + temb[:, None]).unbind(1)
-        h = modulate(layer_norm(h, cfg.norm_eps), shift[:, None], scale[:, None])
-        return self.unpatchify(self.proj_out(h), grid)
+            shift, scale = (self.scale_shift_table[None] + c.temb[:, None]).unbind(1)
+        h = modulate(layer_norm(h, self.cfg.norm_eps), shift[:, None], scale[:, None])
+        return self.unpatchify(self.proj_out(h), c.grid)
+
+    def local_inputs(self, c: BlockInputs, frames: Tensor) -> BlockInputs:
+        """The BlockInputs of a share of c's frames: frames (T_local,) their indices in c (e.g. one rank's
+        contiguous share of a clip split along frames). Same embeddings and text mask; the grid of the share,
+        c's global grid, the share's clip positions and the RoPE at them (the rows of c's RoPE)."""
+        frames = c.frames[frames.to(c.frames.device)]
+        grid = (len(frames), *c.grid[1:])
+        return dataclasses.replace(c, grid=grid, frames=frames, rope=self._rope(grid, frames))
 
     def unpatchify(self, h: Tensor, grid: tuple[int, int, int]) -> Tensor:
         """(B, T*H*W, pt*ph*pw*C) patches, values ordered (pt, ph, pw, C) -> (B, C, T*pt, H*ph, W*pw)."""
@@ -207,14 +247,16 @@ class VideoDiT(nn.Module):
         keep = keep | ~keep.any(dim=-1, keepdim=True)
         return keep[:, None, None, :]
 
-    def _rope(self, grid: tuple[int, int, int], device: torch.device) -> Rope | None:
-        cfg = self.cfg
+    def _rope(self, grid: tuple[int, int, int], frames: Tensor) -> Rope | None:
+        """RoPE of the tokens of grid (T, H, W) whose frames sit at clip positions frames (T,)."""
+        cfg, device = self.cfg, frames.device
         riflex = (cfg.rope_riflex_k, cfg.rope_riflex_frames) if cfg.rope_riflex_k else None
         if cfg.family == "full3d":
-            return rope_3d(grid, cfg.head_dim, cfg.rope_theta, cfg.rope_scale, device=device, riflex=riflex)
+            theta, scale = cfg.rope_theta, cfg.rope_scale
+            return rope_3d(grid, cfg.head_dim, theta, scale, device=device, riflex=riflex, frames=frames)
         if cfg.family == "parallel":
             theta, scale = cfg.temporal_rope_theta, cfg.temporal_rope_scale
-            return rope_1d(grid[0], cfg.head_dim, theta, scale, device=device, riflex=riflex)
+            return rope_1d(frames, cfg.head_dim, theta, scale, device=device, riflex=riflex)
         return None
 
 

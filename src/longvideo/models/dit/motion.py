@@ -5,7 +5,8 @@ Per block: GroupNorm per frame -> proj_in -> layers of [LayerNorm -> self-attent
 
 Each attention first adds a sinusoidal frame-position embedding (computed for any number of frames) or,
 after ExVideo post-tuning (extend/), rows of a trainable table followed by an identity-initialised 3x3x3
-conv adapter, then attends either
+conv adapter, then attends either (positions are the frames' indices in the clip, `BlockInputs.frames`, so a
+share of the frames gets the rows the whole clip would give it)
 - "temporal": across frames at each spatial position, or with `motion_grid` n > 1 across frames *and* an
   n x n patch neighbourhood (EasyAnimate v1 "VanillaGrid"): tokens b t (h n) (w m) c -> (b h w) (t n m) c;
 - "global": over all t*h*w tokens (EasyAnimate v3, odd blocks).
@@ -13,11 +14,16 @@ conv adapter, then attends either
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor, nn
 
 from longvideo.models.dit.config import DiTConfig
 from longvideo.models.dit.layers import Attention, FeedForward, TemporalAdapter, sinusoid_table
+
+if TYPE_CHECKING:  # blocks.py imports this module
+    from longvideo.models.dit.blocks import BlockInputs
 
 
 class MotionAttention(Attention):
@@ -30,15 +36,16 @@ class MotionAttention(Attention):
         self.pos_table = nn.Parameter(torch.zeros(table, dim)) if table else None
         self.temporal_adapter = TemporalAdapter(dim) if adapter else None
 
-    def forward(self, h: Tensor) -> Tensor:  # type: ignore[override]
-        """h (B, T, H, W, D) normalised tokens -> attention output, same shape."""
+    def forward(self, h: Tensor, c: BlockInputs) -> Tensor:  # type: ignore[override]
+        """h (B, T, H, W, D) normalised tokens of the frames c.frames -> attention output, same shape."""
         b, t, hh, ww, d = h.shape
         if self.pos_table is None:
-            pe = sinusoid_table(t, d, h.device)
-        elif t > len(self.pos_table):
-            raise ValueError(f"{t} frames is more than this model's position table ({len(self.pos_table)})")
+            pe = sinusoid_table(c.frames, d, h.device)  # (T, D)
+        elif c.num_frames > len(self.pos_table):
+            n = c.num_frames
+            raise ValueError(f"{n} frames is more than this model's position table ({len(self.pos_table)})")
         else:
-            pe = self.pos_table[:t]
+            pe = self.pos_table[c.frames]  # (T, D)
         h = h + pe.to(h.dtype)[None, :, None, None]  # position of the frame
         if self.temporal_adapter is not None:
             h = self.temporal_adapter(h)
@@ -67,9 +74,9 @@ class MotionLayer(nn.Module):
         self.ff = FeedForward(dim, 4, gated=True)
         self.ff_norm = nn.LayerNorm(dim)
 
-    def forward(self, h: Tensor) -> Tensor:  # (B, T, H, W, D)
+    def forward(self, h: Tensor, c: BlockInputs) -> Tensor:  # (B, T, H, W, D)
         for attn, norm in zip(self.attention_blocks, self.norms, strict=True):
-            h = h + attn(norm(h))
+            h = h + attn(norm(h), c)
         return h + self.ff(self.ff_norm(h))
 
 
@@ -82,12 +89,12 @@ class MotionModule(nn.Module):
         self.transformer_blocks = nn.ModuleList([MotionLayer(cfg, kinds) for _ in range(cfg.motion_layers)])
         self.proj_out = nn.Linear(d, d)  # zero-initialised by VideoDiT.init_weights
 
-    def forward(self, x: Tensor, grid: tuple[int, int, int]) -> Tensor:
-        """x (B, T*H*W, D) -> same; grid (T, H, W)."""
+    def forward(self, x: Tensor, c: BlockInputs) -> Tensor:
+        """x (B, T*H*W, D) -> same; (T, H, W) = c.grid."""
         b, n, d = x.shape
-        t, hh, ww = grid
+        t, hh, ww = c.grid
         h = self.norm(x.reshape(b * t, hh * ww, d).transpose(1, 2)).transpose(1, 2)  # GroupNorm per frame
         h = self.proj_in(h).reshape(b, t, hh, ww, d)
         for layer in self.transformer_blocks:
-            h = layer(h)
+            h = layer(h, c)
         return x + self.proj_out(h.reshape(b, n, d))

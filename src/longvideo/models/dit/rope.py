@@ -10,6 +10,10 @@ repeats inside it; `riflex=(k, L)`, `intrinsic_component` finds k.
 
 A `Rope` holds cos/sin tables laid out like the features they rotate, so applying one is a multiply-add
 whichever layout built it. Rotation runs in float32 (then casts back), as both seeds do.
+
+Frame positions can be given explicitly (`frames`, global latent-frame indices): the table of a share of
+the frames at their positions equals those rows of the whole clip's table, so a model holding only some
+frames (frames split across ranks) rotates them as the whole clip would.
 """
 
 from __future__ import annotations
@@ -78,9 +82,16 @@ def rope_3d_from_positions(pos: Tensor, head_dim: int, theta: float = 10000.0, r
     return Rope(ang.cos(), ang.sin(), parts=3)
 
 
-def grid_positions(grid: tuple[int, int, int], device: torch.device | str | None = None) -> Tensor:
-    """(T, H, W) -> (T*H*W, 3) integer (t, h, w) positions in token order (t outer, w inner)."""
+def grid_positions(
+    grid: tuple[int, int, int], device: torch.device | str | None = None, frames: Tensor | None = None
+) -> Tensor:
+    """(T, H, W) -> (T*H*W, 3) integer (t, h, w) positions in token order (t outer, w inner); the t of
+    frame i is frames[i] (frames (T,), default 0..T-1)."""
     t, h, w = (torch.arange(n, device=device) for n in grid)
+    if frames is not None:
+        if frames.shape != (grid[0],):
+            raise ValueError(f"frames must be ({grid[0]},) for grid {tuple(grid)}, got {tuple(frames.shape)}")
+        t = frames.to(device=h.device, dtype=h.dtype)
     return torch.stack(torch.meshgrid(t, h, w, indexing="ij"), dim=-1).reshape(-1, 3)
 
 
@@ -91,9 +102,12 @@ def rope_3d(
     scale: tuple[float, float, float] | list[float] = (1.0, 1.0, 1.0),
     device: torch.device | str | None = None,
     riflex: Riflex = None,
+    frames: Tensor | None = None,
 ) -> Rope:
-    """RoPE for all T*H*W tokens of a patch grid, positions divided by `scale` (t, h, w)."""
-    pos = grid_positions(grid, device).float() / torch.tensor(scale, device=device, dtype=torch.float32)
+    """RoPE for all T*H*W tokens of a patch grid, positions divided by `scale` (t, h, w); frames (T,) the
+    frames' positions (default 0..T-1, see grid_positions)."""
+    scale_t = torch.tensor(scale, device=device, dtype=torch.float32)
+    pos = grid_positions(grid, device, frames).float() / scale_t
     return rope_3d_from_positions(pos, head_dim, theta, riflex)
 
 

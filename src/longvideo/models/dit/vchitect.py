@@ -1,11 +1,14 @@
-"""The `parallel` family (Vchitect-2.0 `VchitectAttnProcessor`, generalised to any batch size).
+"""The `parallel` family (Vchitect-2.0 `VchitectAttnProcessor`, generalised to any batch size); the file is
+named after the seed so that it is not mistaken for the `longvideo.parallel` package.
 
 Three attention branches read the same normalised tokens and are summed:
 1. spatial: each frame attends to itself and to the text (joint attention over [frame tokens ; text]);
 2. temporal: each spatial position attends across frames, with 1D RoPE over the frame index;
 3. cross: every token attends to the text only.
 The temporal and cross output projections start at zero, so a fresh block is a per-frame image block, and
-with one frame the temporal branch is skipped (Vchitect multiplies it by zero).
+with one frame the temporal branch is skipped (Vchitect multiplies it by zero). "One frame" is the clip's
+frame count (`BlockInputs.num_frames`): a share of a longer clip that holds one frame still attends across
+frames (its temporal op sees a one-frame sequence, which an injected attention function may extend).
 
 `text_stream=True` is Vchitect's (SD3 MM-DiT) dual stream: the text has its own modulation, queries, output
 projections and feed-forward, and, because Vchitect batches frames, one copy per frame: text states are
@@ -105,13 +108,14 @@ class ParallelAttention(nn.Module):
         cr = self.to_out_context(merge_heads(self.cross_op(qc, k0, v0, c.text_mask)))
 
         out = self.to_out[0](sp_v + cr[:, : t * s])
-        if t > 1:  # 3. temporal
+        temporal = c.num_frames > 1  # the clip's frames, not this share's
+        if temporal:  # 3. temporal
             qt, kt, vt = (split_heads(f(hv), nh) for f in (self.to_q_temp, self.to_k_temp, self.to_v_temp))
             out = out + self.to_out_temporal(self._temporal(qt, kt, vt, b, t, c.rope))
         if tq is None:
             return out, None
         out_text = self.to_add_out(sp[:, s:].reshape(b, t * n_text, -1) + cr[:, t * s :])
-        if t > 1:
+        if temporal:
             out_text = out_text + self.to_add_out_temporal(self._temporal(tq, tk, tv, b, t, c.rope))
         return out, out_text
 
