@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
+from longvideo.diffusion import NoiseSchedule
 from longvideo.errors import UserError
 from longvideo.extend.exvideo import extend_dit, trainable_globs
 from longvideo.models.dit import DiTConfig, VideoDiT, build_dit
 from longvideo.models.text import TextEncoder
-from longvideo.models.vae.io import load_vae
 from longvideo.models.vae.model import CausalVAE
 from longvideo.parallel import (
     DistEnv,
@@ -45,6 +45,8 @@ from longvideo.parallel import (
     parallelize,
     unwrap,
 )
+from longvideo.pipelines import folder as fs
+from longvideo.pipelines.folder import load_vae
 from longvideo.train import loop, schedule
 from longvideo.train.dit_config import PRECISIONS, DiTDataConfig, DiTTrainConfig
 from longvideo.train.dit_data import LatentBatches, make_text_encoder
@@ -81,11 +83,8 @@ class DiTTrainer:
             raise UserError(f"batch_size {cfg.batch_size} must be a multiple of data-parallel ranks x "
                             f"grad_accum ({dp} x {cfg.grad_accum})")  # fmt: skip
         self.loop = loop.LoopConfig.of(cfg)
-        from longvideo.diffusion import NoiseSchedule
-        from longvideo.pipelines.folder import resolve_pipeline
-
         self.sched = NoiseSchedule(cfg.diffusion)
-        self.init = resolve_pipeline(cfg.init) if cfg.init else None  # resolved once
+        self.init = fs.resolve_pipeline(cfg.init) if cfg.init else None  # resolved once
         # the frozen parts
         self.vae = load_vae(cfg.vae).to(self.env.device)
         self.text_encoder = make_text_encoder(cfg.text_encoder, cfg.text_max_length, cfg.model.text_dim,
@@ -119,8 +118,6 @@ class DiTTrainer:
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         model = build_dit(cfg.model, device="cpu")
         if self.init is not None:
-            from longvideo.pipelines import folder as fs
-
             note = load_init(model, fs.load_transformer(self.init / "transformer"))
             if note and self.env.main:
                 print(note, flush=True)

@@ -124,8 +124,9 @@ def fit(trainer: Trainer, loop: LoopConfig, *, main: bool = True, name: str = "t
                     log.write(json.dumps(last | {"loss_mean": sum(losses) / len(losses)}) + "\n")
                     log.flush()
                     losses.clear()
-                    for k, v in logs.items() if tb is not None else ():
-                        tb.add_scalar(f"train/{k}", v, step)
+                    if tb is not None:
+                        for k, v in logs.items():
+                            tb.add_scalar(f"train/{k}", v, step)
             if step % loop.save_every == 0 or step == loop.end:
                 save(trainer, loop, step, main)
             bar.set_postfix(loss=f"{logs['loss']:.4f}")

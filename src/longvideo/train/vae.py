@@ -18,8 +18,9 @@ import torch
 
 from longvideo.data.shapes import ShapesConfig, sample_video, video_rng
 from longvideo.errors import UserError
-from longvideo.models.vae.io import load_vae, save_vae
+from longvideo.models.vae.io import save_vae
 from longvideo.models.vae.model import CausalVAE, VAEConfig
+from longvideo.pipelines.folder import load_vae
 from longvideo.train import loop, schedule
 from longvideo.train.ema import EMA
 from longvideo.train.salient import salient_weights
