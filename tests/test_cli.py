@@ -1,14 +1,18 @@
 """The command line: real runs, and one-line errors with exit code 2 for bad input."""
 
+import dataclasses
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from longvideo.cli import main
+from longvideo.cli import build_parser, main
+from longvideo.cli_commands import generation_request
 from longvideo.data.shapes import HELD_OUT
+from longvideo.models.text import TextEncoder
+from longvideo.pipelines import GenerationRequest, VideoPipeline
+from longvideo.pipelines.tiny import tiny_pipeline
 
 
 def run(capsys, *argv):
@@ -83,18 +87,25 @@ def test_data_shapes_held_out_only(tmp_path, capsys):
         (["generate", "a red circle", "--model", "nope"], "no pipeline 'nope'"),
         (["train", "{tmp}/x.yaml"], "config file not found"),
         # a model's own config checks (ValueError in the library) are one-line errors naming the key
-        (["train", "{root}/configs/shapes_dit.yaml", "model.head_dim=32"], "model: DiTConfig: full3d"),
-        (["train", "{root}/configs/shapes_dit.yaml", "model.num_layers=0"], "config: model: DiTConfig"),
-        (["train", "{root}/configs/shapes_vae.yaml", "model.latent_channels=0"], "config: model: channel"),
+        (["train", "{tmp}/dit.yaml", "model.head_dim=32"], "model: DiTConfig: full3d"),
+        (["train", "{tmp}/dit.yaml", "model.num_layers=0"], "config: model: DiTConfig"),
+        (["train", "{tmp}/vae.yaml", "model.latent_channels=0"], "config: model: channel"),
         (["eval", "recon", "--frames", "10"], "--frames"),
+        (["eval", "recon", "--chunk", "-1"], "argument --chunk: must be >= 0"),
+        (["eval", "recon", "--stream", "2"], "unrecognized arguments: --stream"),
+        (["bench", "vae", "--chunk", "x"], "argument --chunk: expected an integer"),
+        (["bench", "vae", "--no-stream"], "unrecognized arguments: --no-stream"),
+        (["generate", "a red circle", "--steps", "x"], "argument --steps: invalid int value"),
+        (["serve"], "'serve' is not available yet"),
         (["frobnicate"], "invalid choice"),
         ([], "required"),
     ],
 )
 def test_bad_input_one_line_exit_2(tmp_path, capsys, argv, needle):
     (tmp_path / "file.txt").write_text("not a video")
-    root = str(Path(__file__).resolve().parents[1])
-    code, _, err = run(capsys, *[a.replace("{tmp}", str(tmp_path)).replace("{root}", root) for a in argv])
+    for task in ("dit", "vae"):  # the smallest training configs: every other field its default
+        (tmp_path / f"{task}.yaml").write_text(f"task: {task}\nout: {tmp_path / 'run'}\n")
+    code, _, err = run(capsys, *[a.replace("{tmp}", str(tmp_path)) for a in argv])
     assert_one_line_error(code, err, needle)
 
 
@@ -123,3 +134,54 @@ def test_console_script_subprocess(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     r = subprocess.run([sys.executable, "-m", "longvideo", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.startswith("longvideo ")
+
+
+def test_generate_builds_one_request():
+    """Options not given stay the request's defaults; every request field but `known` (a tensor) and `image`
+    (a file, read into a frame) is an option of `longvideo generate`, spelt like the field."""
+    assert generation_request(build_parser().parse_args(["generate", "a red circle"])) == GenerationRequest(
+        "a red circle"
+    )
+    given = {"negative_prompt": "a white background", "frames": 65, "height": 48, "width": 80, "steps": 7,
+             "guidance": 2.5, "seed": 3, "sampler": "ddim", "window": 17, "overlap": 1, "anchor": True,
+             "cond_noise": 0.25}  # fmt: skip
+    argv = ["generate", "a red circle"]
+    for k, v in given.items():
+        argv += [f"--{k.replace('_', '-')}"] + ([] if v is True else [str(v)])
+    req = generation_request(build_parser().parse_args(argv))
+    assert req == GenerationRequest("a red circle", **given)
+    fields = {f.name for f in dataclasses.fields(GenerationRequest)}
+    assert fields - set(given) == {"prompt", "image", "known"}
+
+
+def test_generate_sampler_and_negative_prompt_reach_the_pipeline(tmp_path, capsys, monkeypatch):
+    import longvideo.pipelines.video as video
+
+    folder = tmp_path / "tiny"
+    tiny_pipeline().save_pretrained(folder)
+    resolved, samplers, prompts = [], [], []
+    frames, get_sampler, encode = VideoPipeline._frames, video.get_sampler, TextEncoder.encode
+
+    def spy_frames(self, req, *args):
+        resolved.append(req)
+        return frames(self, req, *args)
+
+    def spy_sampler(name):
+        samplers.append(name)
+        return get_sampler(name)
+
+    def spy_encode(self, texts):
+        prompts.append(list(texts))
+        return encode(self, texts)
+
+    monkeypatch.setattr(VideoPipeline, "_frames", spy_frames)
+    monkeypatch.setattr(video, "get_sampler", spy_sampler)
+    monkeypatch.setattr(TextEncoder, "encode", spy_encode)
+    out = tmp_path / "v.mp4"
+    code, stdout, _ = run(capsys, "generate", "a red circle", "--model", str(folder), "--sampler", "ddim",
+                          "--negative-prompt", "a white background", "--guidance", "2", "--steps", "2",
+                          "--frames", "5", "-o", str(out))  # fmt: skip
+    assert code == 0 and json.loads(stdout.strip().splitlines()[-1])["frames"] == 5 and out.is_file()
+    (r,) = resolved
+    assert (r.sampler, r.negative_prompt, r.guidance, r.steps) == ("ddim", "a white background", 2.0, 2)
+    assert samplers[-1:] == ["ddim"] and prompts == [["a red circle", "a white background"]]

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from longvideo.data.video_io import probe
 from longvideo.errors import UserError
-from longvideo.pipelines import VideoPipeline
+from longvideo.pipelines import GenerationRequest, VideoPipeline
 from longvideo.pipelines.inputs import generated_frames, scale_latents
 from longvideo.pipelines.tiny import tiny_pipeline
 
@@ -207,6 +207,48 @@ def test_errors(pipe, tmp_path):
             no_cond(PROMPT, **kw, **FAST)
     with pytest.raises(UserError, match="output directory does not exist"):
         pipe.generate_to_file(tmp_path / "nope" / "v.mp4", PROMPT, **FAST)
+
+
+def test_request_takes_the_pipeline_defaults(pipe):
+    """None fields resolve to the pipeline's defaults (tiny: 9 frames of 32x32, 4 steps, guidance 3, euler);
+    given ones are kept, `frames` rounded up to the generated 4k+1."""
+    r = GenerationRequest(PROMPT).resolve(pipe)
+    d = pipe.defaults
+    assert (r.frames, r.generated, r.height, r.width, r.steps) == (d.frames, 9, d.height, d.width, d.steps)
+    assert (r.guidance, r.sampler, r.negative_prompt, r.seed, r.known) == (d.guidance, d.sampler, "", 0, None)
+    assert r.plan.num_windows == 1 and r.plan.total == 3
+    req = GenerationRequest(PROMPT, negative_prompt="a white background", frames=6, height=48, steps=2,
+                            guidance=1.0, seed=5, sampler="ddim", window=5, overlap=1)  # fmt: skip
+    r = req.resolve(pipe)
+    assert (r.frames, r.generated, r.height, r.width, r.steps, r.guidance) == (6, 9, 48, 32, 2, 1.0)
+    assert (r.negative_prompt, r.seed, r.sampler) == ("a white background", 5, "ddim")
+    assert (r.plan.total, r.plan.window, r.plan.overlap, r.plan.num_windows) == (3, 2, 1, 2)
+
+
+def test_request_and_keywords_are_one_path(pipe, tmp_path):
+    req = GenerationRequest(PROMPT, frames=5, seed=3, steps=2)
+    assert torch.equal(pipe(req, progress=False), pipe(PROMPT, frames=5, seed=3, **FAST))
+    a = pipe.generate_to_file(tmp_path / "a.mp4", req, progress=False)
+    b = pipe.generate_to_file(tmp_path / "b.mp4", PROMPT, frames=5, seed=3, **FAST)
+    assert {k: v for k, v in a.items() if k not in ("path", "seconds")} == {
+        k: v for k, v in b.items() if k not in ("path", "seconds")
+    }
+
+
+def test_request_unknown_option(pipe, tmp_path):
+    with pytest.raises(
+        UserError, match=r"unknown generation option 'num_frames' \(options: negative_prompt, "
+    ):
+        pipe(PROMPT, num_frames=9, **FAST)
+    with pytest.raises(UserError, match=r"unknown generation options 'fsp', 'bogus'"):
+        pipe.generate_to_file(tmp_path / "v.mp4", PROMPT, fsp=4, bogus=1, **FAST)
+    with pytest.raises(UserError, match="'shift'"):
+        GenerationRequest.from_options(PROMPT, shift=3.0)
+    with pytest.raises(
+        UserError, match=r"a GenerationRequest and the options frames: put them in the request"
+    ):
+        pipe(GenerationRequest(PROMPT), frames=9, progress=False)
+    assert not (tmp_path / "v.mp4").exists()  # refused before the file is opened
 
 
 def test_loading_errors(saved, tmp_path, monkeypatch):

@@ -2,17 +2,18 @@
 
 One error style everywhere: bad input -> `longvideo: error: <one line>` on stderr, exit code 2, no
 traceback (`--traceback` shows one, for bug reports). Commands print their machine-readable result (JSON)
-last on stdout; progress bars go to stderr.
+last on stdout; progress bars go to stderr. This file builds the parser (each command's parser names its
+function with `set_defaults(func=...)`); the commands themselves are in cli_commands.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 
 from longvideo import __version__
+from longvideo import cli_commands as cmd
 from longvideo.errors import UserError
 
 # Commands of DESIGN.md §3 that are not built yet, and the issue that brings them.
@@ -35,8 +36,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    g = sub.add_parser("generate", help="generate a video of any length from a prompt (and an image)")
+    _add_generate(sub)
+
+    m = sub.add_parser("models", help="list the model presets (DiT, VAE) and bundled pipelines")
+    m.add_argument("--json", action="store_true", help="print a JSON list")
+    m.set_defaults(func=cmd.cmd_models)
+
+    t = sub.add_parser("train", help="train a model from a YAML config")
+    t.add_argument("config")
+    t.add_argument("overrides", nargs="*", metavar="key=value")
+    t.set_defaults(func=cmd.cmd_train)
+
+    _add_curate(sub)
+    _add_convert(sub)
+    sub.add_parser("serve", help="web UI").set_defaults(func=_pending)
+
+    _add_data(sub)
+    _add_eval(sub)
+    _add_bench(sub)
+    return p
+
+
+def _add_generate(sub) -> None:
+    # Options not given are left out of the namespace (SUPPRESS), so the GenerationRequest's own defaults
+    # apply: cli_commands.generation_request maps every option named like a request field onto that field.
+    g = sub.add_parser(
+        "generate",
+        help="generate a video of any length from a prompt (and an image)",
+        argument_default=argparse.SUPPRESS,
+    )
     g.add_argument("prompt")
+    g.add_argument(
+        "--negative-prompt", metavar="TEXT", help="what guidance steers away from (default: the model's)"
+    )
     g.add_argument(
         "--image",
         metavar="PNG",
@@ -70,7 +102,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--cond-noise",
         type=float,
-        default=0.0,
         metavar="T",
         help="against drift: noise the known latent frames to diffusion time T in [0, 1) (default 0 = off; "
         "only for models trained with it)",
@@ -81,27 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--guidance", type=float, help="classifier-free guidance scale, 1 = off (default: the model's)"
     )
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, help="the same seed gives the same video (default 0)")
+    g.add_argument(
+        "--sampler",
+        metavar="NAME",
+        help="e.g. euler, dpmpp_2m (default: the model's; a wrong name lists all)",
+    )
     g.add_argument(
         "--model", default="shapes", help="bundled model name or pipeline folder (default: shapes)"
     )
     g.add_argument("-o", "--output", default="out.mp4")
-
-    m = sub.add_parser("models", help="list the model presets (DiT, VAE) and bundled pipelines")
-    m.add_argument("--json", action="store_true", help="print a JSON list")
-
-    t = sub.add_parser("train", help="train a model from a YAML config")
-    t.add_argument("config")
-    t.add_argument("overrides", nargs="*", metavar="key=value")
-
-    _add_curate(sub)
-    _add_convert(sub)
-    sub.add_parser("serve", help="web UI")
-
-    _add_data(sub)
-    _add_eval(sub)
-    _add_bench(sub)
-    return p
+    g.set_defaults(func=cmd.cmd_generate)
 
 
 def _add_curate(sub) -> None:
@@ -132,6 +153,7 @@ def _add_curate(sub) -> None:
     )
     c.add_argument("--retry-errors", action="store_true", help="process again the inputs in errors.jsonl")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c.set_defaults(func=cmd.cmd_curate)
 
 
 def _add_convert(sub) -> None:
@@ -152,6 +174,7 @@ def _add_convert(sub) -> None:
     c.add_argument("dst", metavar="DST")
     c.add_argument("--vae", metavar="DIR", help="the source's VAE folder, if not SRC/vae")
     c.add_argument("--text-encoder", metavar="DIR", help="a text encoder + tokenizer folder to copy in")
+    c.set_defaults(func=cmd.cmd_convert)
 
 
 def _add_data(sub) -> None:
@@ -171,6 +194,7 @@ def _add_data(sub) -> None:
     s.add_argument("--motions", type=_str_list, help="comma list, e.g. 'moving left slowly,staying still'")
     s.add_argument("--quality", type=int, default=10, help="H.264 CRF, 0 (best) .. 51 (default 10)")
     s.add_argument("--workers", type=int, default=1, help="encoding processes (default 1)")
+    s.set_defaults(func=cmd.cmd_data_shapes)
 
 
 def _add_eval(sub) -> None:
@@ -183,14 +207,16 @@ def _add_eval(sub) -> None:
     s.add_argument("--manifest", help="judge every row of a manifest.jsonl; prints a summary last")
     s.add_argument("--limit", type=int, help="only the first N manifest rows")
     s.add_argument("--results", help="also write per-video results to this JSONL file")
+    s.set_defaults(func=cmd.cmd_eval_shapes)
     r = ev.add_parser("recon", help="VAE reconstruction PSNR/SSIM on unseen shapes-world videos")
     r.add_argument("--model", default="shapes", help="bundled name, pipeline folder or VAE folder")
     r.add_argument("--num", type=int, default=16, help="videos (default 16)")
     r.add_argument("--frames", type=int, default=33, help="frames per video, 4k+1 (default 33)")
     r.add_argument("--seed", type=int, default=10_000, help="seed of the evaluation videos")
-    r.add_argument("--stream", type=int, default=0, metavar="K", help="stream in chunks of K latent frames")
+    _add_chunk(r, default=0)
     r.add_argument("--judge", action="store_true", help="also judge the reconstructions (shapes evaluator)")
     r.add_argument("--json", action="store_true", help="print only the JSON result")
+    r.set_defaults(func=cmd.cmd_eval_recon)
 
 
 def _add_bench(sub) -> None:
@@ -201,11 +227,23 @@ def _add_bench(sub) -> None:
     v.add_argument("--frames", type=int, default=65)
     v.add_argument("--height", type=int, default=64)
     v.add_argument("--width", type=int, default=64)
-    v.add_argument("--no-stream", action="store_true", help="whole clip at once (memory grows with N)")
-    v.add_argument("--chunk", type=int, default=4, help="latent frames per streamed chunk")
+    _add_chunk(v, default=4)
     v.add_argument("--device", default="cpu")
     v.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     v.add_argument("--json", action="store_true")
+    v.set_defaults(func=cmd.cmd_bench_vae)
+
+
+def _add_chunk(p, default: int) -> None:
+    """One name for one thing in `eval recon` and `bench vae`: how the VAE streams a clip."""
+    p.add_argument(
+        "--chunk",
+        type=_at_least(0),
+        default=default,
+        metavar="K",
+        help=f"latent frames (4 frames each) per streamed chunk; 0 = the whole clip at once, memory growing "
+        f"with its length (default {default})",
+    )
 
 
 def _str_list(s: str) -> list[str]:
@@ -217,169 +255,6 @@ def _int_list(s: str) -> list[int]:
         return [int(x) for x in _str_list(s)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {s!r}") from None
-
-
-# ----------------------------------------------------------------------------- commands
-
-
-def cmd_curate(a) -> None:
-    if a.merge:
-        from longvideo.curate.manifest import merge
-
-        print(json.dumps(merge(a.inputs, a.output), indent=1))
-        return
-    from longvideo.config import load_config
-    from longvideo.curate.config import CurateConfig
-    from longvideo.curate.run import curate, parse_shard
-
-    if not a.inputs:
-        raise UserError("curate: give at least one INPUT (a video file or a folder)")
-    overrides = list(a.set)
-    cfg = load_config(CurateConfig, a.config, overrides)
-    if a.steps is not None:
-        cfg.steps = a.steps
-    shard = parse_shard(a.shard) if a.shard else (0, 1)
-    summary = curate(
-        a.inputs,
-        a.output,
-        cfg,
-        workers=a.workers,
-        shard=shard,
-        progress=not a.no_progress,
-        retry_errors=a.retry_errors,
-    )
-    print(json.dumps(summary, indent=1))
-
-
-def cmd_data_shapes(a) -> None:
-    from longvideo.data.shapes import ShapesConfig
-    from longvideo.data.shapes_dataset import write_shapes_dataset
-
-    cfg = ShapesConfig(
-        num_frames=a.frames,
-        include_held_out=a.include_held_out or a.held_out_only,
-        held_out_only=a.held_out_only,
-        num_objects=a.objects or [1, 2],
-        backgrounds=a.backgrounds or [],
-        colors=a.colors or [],
-        shapes=a.shapes or [],
-        sizes=a.sizes or [],
-        motions=a.motions or [],
-    )
-    summary = write_shapes_dataset(a.output, a.n, cfg, seed=a.seed, quality=a.quality, workers=a.workers)
-    print(json.dumps(summary))
-
-
-def cmd_eval_shapes(a) -> None:
-    from longvideo.eval.shapes import evaluate, evaluate_manifest, summarise
-
-    if (a.video is None) == (a.manifest is None):
-        raise UserError("eval shapes: give exactly one of VIDEO or --manifest")
-    if a.manifest is None:
-        from longvideo.data.video_io import read_video
-
-        print(json.dumps(evaluate(read_video(a.video), a.prompt), indent=1))
-        return
-    if a.limit is not None and a.limit <= 0:
-        raise UserError(f"--limit must be > 0, got {a.limit}")
-    results = list(evaluate_manifest(a.manifest, limit=a.limit))
-    if a.results:
-        from pathlib import Path
-
-        Path(a.results).write_text("".join(json.dumps(r) + "\n" for r in results))
-    print(json.dumps(summarise(results), indent=1))
-
-
-def cmd_train(a) -> None:
-    from longvideo.config import config_task, load_config
-
-    task = config_task(a.config, a.overrides)  # None: load_config below reports what is wrong
-    if task == "dit":
-        from longvideo.parallel import shutdown
-        from longvideo.train.dit import DiTTrainConfig, DiTTrainer
-
-        cfg = load_config(DiTTrainConfig, a.config, a.overrides)
-        try:
-            trainer = DiTTrainer(cfg)
-            res = trainer.fit()
-            if trainer.env.main:
-                print(json.dumps(res))
-        finally:
-            shutdown()
-        return
-    if task not in (None, "vae"):
-        raise UserError(f"unknown task {task!r} in {a.config} (tasks: vae, dit)")
-    from longvideo.train.vae import VAETrainConfig, VAETrainer
-
-    cfg = load_config(VAETrainConfig, a.config, a.overrides)
-    print(json.dumps(VAETrainer(cfg).fit()))
-
-
-def cmd_eval_recon(a) -> None:
-    from longvideo.eval.recon import shapes_recon
-    from longvideo.pipelines.folder import load_vae
-
-    if a.num <= 0 or a.frames < 1 or (a.frames - 1) % 4:
-        raise UserError("eval recon: --num must be > 0 and --frames 1 + a multiple of 4 (e.g. 33)")
-    vae = load_vae(a.model)
-    res = shapes_recon(
-        vae, a.num, a.frames, a.seed, latent_chunk=a.stream, progress=not a.json, judge=a.judge
-    )
-    print(json.dumps(res))
-
-
-def cmd_bench_vae(a) -> None:
-    import torch
-
-    from longvideo.bench import bench_vae
-    from longvideo.pipelines.folder import load_vae
-
-    if a.chunk <= 0:
-        raise UserError(f"--chunk must be > 0, got {a.chunk}")
-    if a.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device here")
-    vae = load_vae(a.model)
-    print(
-        json.dumps(
-            bench_vae(
-                vae,
-                a.frames,
-                a.height,
-                a.width,
-                stream=not a.no_stream,
-                latent_chunk=a.chunk,
-                device=a.device,
-                dtype=getattr(torch, a.dtype),
-            )
-        )
-    )
-
-
-def cmd_generate(a) -> None:
-    from longvideo.pipelines import VideoPipeline
-
-    image = None
-    if a.image is not None:
-        from longvideo.data.video_io import read_video
-
-        image = read_video(a.image, num_frames=1)[0]  # (H, W, 3) uint8; PyAV reads PNG/JPEG too
-    pipe = VideoPipeline.from_pretrained(a.model)
-    summary = pipe.generate_to_file(
-        a.output,
-        a.prompt,
-        image=image,
-        frames=a.frames,
-        height=a.height,
-        width=a.width,
-        steps=a.steps,
-        guidance=a.guidance,
-        seed=a.seed,
-        window=a.window,
-        overlap=a.overlap,
-        anchor=a.anchor,
-        cond_noise=a.cond_noise,
-    )
-    print(json.dumps(summary))
 
 
 def _at_least(low: int):
@@ -397,60 +272,16 @@ def _at_least(low: int):
     return parse
 
 
-def cmd_convert(a) -> None:
-    from longvideo.convert.output import convert_source
-
-    print(json.dumps(convert_source(a.source_format, a.src, a.dst, vae=a.vae, text_encoder=a.text_encoder)))
-
-
-def cmd_models(a) -> None:
-    from longvideo.pipelines.catalog import list_models
-
-    rows = list_models()
-    if a.json:
-        print(json.dumps(rows))
-        return
-    print(f"{'COMPONENT':<12} {'NAME':<22} {'FAMILY':<10} {'PARAMS':>11}")
-    for r in rows:
-        size = (
-            f"{r['params'] / 1e6:10.1f}M"
-            if "params" in r
-            else ("installed" if r["installed"] else "not installed")
-        )
-        print(f"{r['component']:<12} {r['name']:<22} {r.get('family', ''):<10} {size:>11}")
-
-
 def _pending(a) -> None:
     raise UserError(f"'{a.command}' is not available yet: it needs {PENDING[a.command]}")
-
-
-def _dispatch(a) -> None:
-    if a.command in PENDING:
-        return _pending(a)
-    if a.command == "generate":
-        return cmd_generate(a)
-    if a.command == "models":
-        return cmd_models(a)
-    if a.command == "convert":
-        return cmd_convert(a)
-    if a.command == "data":
-        return cmd_data_shapes(a)
-    if a.command == "train":
-        return cmd_train(a)
-    if a.command == "curate":
-        return cmd_curate(a)
-    if a.command == "eval":
-        return cmd_eval_recon(a) if a.eval_command == "recon" else cmd_eval_shapes(a)
-    if a.command == "bench":
-        return cmd_bench_vae(a)
-    raise UserError(f"unknown command {a.command!r}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     show_tb = "--traceback" in argv
     try:
-        _dispatch(build_parser().parse_args(argv))
+        a = build_parser().parse_args(argv)
+        a.func(a)
         return 0
     except UserError as e:
         if show_tb:

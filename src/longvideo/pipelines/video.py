@@ -5,6 +5,7 @@
     pipe.generate_to_file("out.mp4", "a small blue square staying still on a white background")
     pipe.generate_to_file("long.mp4", "a small blue square bouncing around on a navy background",
                           frames=1025, anchor=True)  # window after window, at constant memory
+    pipe(GenerationRequest("a large red circle ...", frames=65, seed=1))  # the options as data (request.py)
 
 The three tasks differ only in which latent frames are known (inputs.py): none (T2V), frame 0 (I2V: the
 image encoded as a one-frame video), or the first ones (continuation: a clip's latents). The DiT sees them
@@ -46,19 +47,9 @@ from longvideo.models.dit import VideoDiT
 from longvideo.models.text import TextEncoder
 from longvideo.models.vae.model import CausalVAE
 from longvideo.pipelines import folder as fs
-from longvideo.pipelines.inputs import (
-    build_cond,
-    check_size,
-    decoder_streams,
-    fit,
-    fit_video,
-    generated_frames,
-    image_to_tensor,
-    scale_latents,
-    unscale_latents,
-    video_to_tensor,
-)
-from longvideo.pipelines.windows import WindowPlan, carry, noise_known, rechunk
+from longvideo.pipelines.inputs import build_cond, decoder_streams, scale_latents, unscale_latents
+from longvideo.pipelines.request import GenerationRequest, ResolvedRequest, as_request
+from longvideo.pipelines.windows import carry, noise_known, rechunk
 
 # (step, t, x, x0_hat) after each sampler step; in a video of several windows, step restarts at 0 per window
 Callback = Callable[[int, float, Tensor, Tensor], None]
@@ -87,24 +78,6 @@ class PipelineDefaults:
         if self.guidance < 1 or self.fps <= 0:
             raise UserError("defaults: guidance must be >= 1 and fps > 0")
         return self
-
-
-@dataclass(frozen=True)
-class _Request:
-    """One call, resolved against the defaults and checked."""
-
-    prompt: str
-    negative_prompt: str
-    frames: int  # returned / written
-    generated: int  # f*k+1 >= frames
-    height: int
-    width: int
-    steps: int
-    guidance: float
-    seed: int
-    sampler: str
-    known: Tensor | None  # (1, 3, T0, H, W) pixels of the known first frames; None for T2V
-    plan: WindowPlan  # latent frames: the whole video, per window, carried from window to window
 
 
 class VideoPipeline:
@@ -191,49 +164,23 @@ class VideoPipeline:
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str,
+        request: GenerationRequest | str,
+        /,
         *,
-        negative_prompt: str | None = None,
-        image: Any = None,
-        known: Tensor | None = None,
-        frames: int | None = None,
-        height: int | None = None,
-        width: int | None = None,
-        steps: int | None = None,
-        guidance: float | None = None,
-        seed: int = 0,
-        sampler: str | None = None,
-        window: int | None = None,
-        overlap: int | None = None,
-        anchor: bool = False,
-        cond_noise: float = 0.0,
         progress: bool = True,
         callback: Callback | None = None,
         decode_chunk: int = 4,
+        **options: Any,
     ) -> Tensor:
-        """Generate one video (1, 3, frames, height, width) in [-1, 1]. Arguments left out (None) take
-        the pipeline's `defaults`.
+        """Generate one video (1, 3, frames, height, width) in [-1, 1]: `request` is a GenerationRequest
+        (request.py: every option, and which take the pipeline's `defaults` when left out), or a prompt
+        with the request's other fields as keywords, `pipe("a red circle ...", frames=65, seed=1)`.
 
-        image: the first frame (I2V): uint8 (H, W, 3) numpy, a PIL image, or a float tensor (3, H, W) in
-        [-1, 1]; scaled to cover (height, width) and centre-cropped. known: a clip (1, 3, T0, H, W) in
-        [-1, 1], T0 = 4k+1 <= frames, that the video continues from (its latents fill the first positions).
-        Both need a transformer with conditioning channels. Frames: >= 1; a count that is not 4k+1 (the
-        VAE's temporal factor f = 4) is rounded UP to the next f*k+1, generated, and cut back to the
-        requested count. height / width: multiples of the VAE's spatial factor x the patch size (16 for the
-        presets). guidance > 1: classifier-free guidance against `negative_prompt` (default ""), one
-        batched model call per step. The same seed gives the same video (a private torch.Generator).
-
-        More frames than `window` (default `defaults.window`, else `defaults.frames`; rounded like
-        `frames`) are generated window after window (windows.py): each later window continues from the
-        last `overlap` latent frames of the one before (default 2, less if the window is shorter; 1 latent
-        frame = f video frames),
-        `anchor` adds the video's first latent frame to every later window's known frames, `cond_noise` (a
-        diffusion time in [0, 1), 0 = off) noises the known frames; an image or clip is known to the first
-        window. This call returns the whole video; for long ones use `generate_to_file`, whose memory does
-        not grow with the length. decode_chunk: latent frames per VAE decoder call.
+        A request longer than the window is generated window after window (windows.py); this call returns
+        the whole video; for long ones use `generate_to_file`, whose memory does not grow with the length.
+        decode_chunk: latent frames per VAE decoder call.
         """
-        req = self._request(prompt, negative_prompt, image, known, frames, height, width, steps, guidance,
-                            seed, sampler, window, overlap, anchor, cond_noise)  # fmt: skip
+        req = as_request(request, options).resolve(self)
         _check_chunk(decode_chunk)
         return torch.cat(list(self._frames(req, progress, callback, decode_chunk)), dim=2)
 
@@ -241,21 +188,22 @@ class VideoPipeline:
     def generate_to_file(
         self,
         path: str | os.PathLike[str],
-        prompt: str,
+        request: GenerationRequest | str,
+        /,
         *,
         fps: float | None = None,
         quality: int = 18,
         progress: bool = True,
         callback: Callback | None = None,
         decode_chunk: int = 4,
-        **request: Any,
+        **options: Any,
     ) -> dict:
-        """Generate as `__call__` (`request`: its keyword arguments, negative_prompt ... cond_noise) and
-        write the video (mp4/mkv/mov/gif) while the VAE decodes it `decode_chunk` latent frames at a time,
-        window after window: memory stays constant in the frame count (for VAEs that stream exactly, see
+        """Generate as `__call__` (a GenerationRequest, or a prompt and its options as keywords) and write
+        the video (mp4/mkv/mov/gif) while the VAE decodes it `decode_chunk` latent frames at a time, window
+        after window: memory stays constant in the frame count (for VAEs that stream exactly, see
         inputs.decoder_streams). Returns {path, frames, height, width, fps, seed, windows, seconds}."""
         t0 = time.perf_counter()
-        req = self._request(prompt, **request)
+        req = as_request(request, options).resolve(self)
         _check_chunk(decode_chunk)
         fps = self.defaults.fps if fps is None else fps
         with VideoWriter(path, fps, quality=quality) as writer:  # opened first: a bad path fails before work
@@ -270,81 +218,18 @@ class VideoPipeline:
 
     # ------------------------------------------------------------------------- the one code path
 
-    def _request(
-        self, prompt, negative_prompt=None, image=None, known=None, frames=None, height=None, width=None,
-        steps=None, guidance=None, seed=0, sampler=None, window=None, overlap=None, anchor=False,
-        cond_noise=0.0,
-    ) -> _Request:  # fmt: skip
-        d, f, tp = self.defaults, self.temporal_factor, self.transformer.cfg.patch_size[0]
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise UserError("the prompt is empty: describe the video to generate")
-        negative_prompt = d.negative_prompt if negative_prompt is None else negative_prompt
-        if not isinstance(negative_prompt, str):
-            raise UserError(f"negative_prompt must be a string, got {type(negative_prompt).__name__}")
-        if image is not None and known is not None:
-            raise UserError("give an image (image-to-video) or a clip to continue (known), not both")
-        cond_channels = self.transformer.cfg.cond_channels
-        if (image is not None or known is not None) and not cond_channels:
-            raise UserError(
-                "this model has no conditioning channels: it cannot start from an image or a clip"
-            )
-        frames = d.frames if frames is None else frames
-        generated = generated_frames(frames, f, tp)
-        window = (d.window or d.frames) if window is None else window
-        window_frames = generated_frames(window, f, tp, what="window")
-        plan = WindowPlan.make((generated - 1) // f + 1, (window_frames - 1) // f + 1, overlap, anchor,
-                               cond_noise)  # fmt: skip
-        if plan.num_windows > 1 and plan.carried and not cond_channels:
-            raise UserError(
-                f"this model has no conditioning channels: it cannot continue a window, so it makes at most "
-                f"{window_frames} frames: ask for a longer window, or for independent windows (overlap 0, "
-                "no anchor)"
-            )
-        mh, mw = self.size_multiples
-        why = f"VAE {self.vae.cfg.spatial_factor}x down-sampling x patch size"
-        height = check_size("height", d.height if height is None else height, mh, why)
-        width = check_size("width", d.width if width is None else width, mw, why)
-        steps = d.steps if steps is None else steps
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise UserError(f"steps must be an integer >= 1, got {steps!r}")
-        guidance = float(d.guidance if guidance is None else guidance)
-        if not guidance >= 1.0:
-            raise UserError(f"guidance must be >= 1 (1 turns classifier-free guidance off), got {guidance}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise UserError(f"seed must be an integer >= 0, got {seed!r}")
-        sampler = d.sampler if sampler is None else sampler
-        get_sampler(sampler)
-        pixels = None
-        if image is not None:
-            pixels = fit(image_to_tensor(image), height, width)[:, :, None]  # (1, 3, 1, H, W)
-        elif known is not None:
-            pixels = fit_video(video_to_tensor(known), height, width)
-            t0 = pixels.shape[2]
-            if (t0 - 1) % f:
-                raise UserError(f"known: a clip to continue needs 1 + a multiple of {f} frames, got {t0}")
-            if t0 > frames:
-                raise UserError(
-                    f"known: the clip ({t0} frames) is longer than the video to generate ({frames})"
-                )
-            if t0 > window_frames:
-                raise UserError(
-                    f"known: the clip ({t0} frames) is longer than the window ({window_frames} frames)"
-                )
-        return _Request(prompt, negative_prompt, int(frames), generated, height, width, steps, guidance,
-                        int(seed), sampler, pixels, plan)  # fmt: skip
-
     def _model_fn(self, x: Tensor, t: Tensor, **kwargs: Tensor) -> Tensor:
         dtype = next(self.transformer.parameters()).dtype
         out = self.transformer(x.to(dtype), t, **kwargs)
         return out[:, : x.shape[1]].float()  # learn_sigma models: the variance half is unused here
 
     def _frames(
-        self, req: _Request, progress: bool, callback: Callback | None, chunk: int
+        self, req: ResolvedRequest, progress: bool, callback: Callback | None, chunk: int
     ) -> Iterator[Tensor]:
         """The video's frames (1, 3, t, H, W) in [-1, 1], as the decoder makes them from the windows."""
         return self._decode(self._latents(req, progress, callback), req.frames, chunk)
 
-    def _latents(self, req: _Request, progress: bool, callback: Callback | None) -> Iterator[Tensor]:
+    def _latents(self, req: ResolvedRequest, progress: bool, callback: Callback | None) -> Iterator[Tensor]:
         """Noise -> the video's latents, un-scaled for the VAE, window after window: the first window whole,
         then each later window's new latent frames, (1, C, n, h, w) each. Holds one window at a time."""
         dev, vcfg, plan = self.device, self.vae.cfg, req.plan
@@ -384,8 +269,8 @@ class VideoPipeline:
                 known = carry(x, first, plan.overlap)
 
     def _sample_window(
-        self, req: _Request, noise: Tensor, known: Tensor | None, branches: list[dict], gen: torch.Generator,
-        on_step: Callback,
+        self, req: ResolvedRequest, noise: Tensor, known: Tensor | None, branches: list[dict],
+        gen: torch.Generator, on_step: Callback,
     ) -> Tensor:  # fmt: skip
         """One window: noise (1, C, K, h, w) -> scaled latents, the known first frames given through cond."""
         c = self.vae.cfg.latent_channels
