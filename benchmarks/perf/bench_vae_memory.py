@@ -28,12 +28,10 @@ def run(model: str, frames: int, stream: bool, chunk: int, extra: list[str]) -> 
         "--frames",
         str(frames),
         "--chunk",
-        str(chunk),
+        str(chunk if stream else 0),  # 0: the whole clip at once
         "--json",
         *extra,
     ]
-    if not stream:
-        cmd.append("--no-stream")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
