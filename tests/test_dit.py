@@ -5,7 +5,6 @@ steps per family, and the real presets on the meta device. Tiny configs, CPU."""
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import pytest
 import torch
@@ -422,13 +421,10 @@ REAL = {  # published / computed sizes, parameters
 
 @pytest.mark.parametrize("name", list(REAL))
 def test_real_presets_build_on_meta(name):
-    t0 = time.perf_counter()
-    model = build_dit(name)  # meta by default
-    elapsed = time.perf_counter() - t0
-    lo, hi = REAL[name]
+    model = build_dit(name)  # meta by default: no memory, so no time (a timed assert here was flaky on a
+    lo, hi = REAL[name]  # loaded machine, and the meta check below says the same thing)
     assert lo < count_params(model) < hi
     assert all(p.is_meta for p in model.parameters())
-    assert elapsed < 1.0, elapsed
 
 
 def test_tiny_presets_are_tiny():
