@@ -84,9 +84,14 @@ def test_missing_file():
         load_config(Job, "/nonexistent/job.yaml")
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")))
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("**/*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_shipped_training_configs_load(path):
-    """Every recipe in configs/ parses against its trainer's schema and passes validation."""
+    """Every recipe in configs/ (configs/**/*.yaml) parses against its trainer's schema and passes
+    validation."""
     import yaml
 
     from longvideo.train.dit import DiTTrainConfig
@@ -95,3 +100,14 @@ def test_shipped_training_configs_load(path):
     task = yaml.safe_load(path.read_text())["task"]
     cfg = load_config({"vae": VAETrainConfig, "dit": DiTTrainConfig}[task], path)
     assert cfg.task == task and cfg.steps > 0
+
+
+def test_shapes_chain_is_the_script():
+    """configs/shapes/ holds exactly the configs scripts/train_shapes_model.sh runs (the chain that makes the
+    bundled model), each once: no dead recipe beside it, no stage missing."""
+    import re
+
+    script = (ROOT / "scripts" / "train_shapes_model.sh").read_text()
+    run = re.findall(r"^longvideo train (configs/\S+\.yaml)", script, flags=re.M)
+    assert len(run) == len(set(run)) > 0
+    assert sorted(run) == sorted(str(p.relative_to(ROOT)) for p in (CONFIGS / "shapes").glob("*.yaml"))
