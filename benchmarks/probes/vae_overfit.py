@@ -1,7 +1,7 @@
 """How fast can a VAE recipe fit one fixed batch? A cheap probe of the optimizer and architecture settings.
 
-    python benchmarks/probes/vae_overfit.py --config configs/shapes_vae_v2.yaml
-    python benchmarks/probes/vae_overfit.py --config configs/shapes_vae_v2.yaml lr=1e-3 "betas=[0.5,0.9]"
+    python benchmarks/probes/vae_overfit.py --config configs/shapes/vae_v2.yaml
+    python benchmarks/probes/vae_overfit.py --config configs/shapes/vae_v2.yaml lr=1e-3 "betas=[0.5,0.9]"
 
 Builds the VAE of a training config (with `key=value` overrides), takes that run's first image batch
 (`image_batch_size` shapes-world frames) and trains on it alone for --steps steps (linear warmup over the
@@ -27,7 +27,7 @@ from longvideo.train.vae_losses import vae_loss
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="configs/shapes_vae_v2.yaml")
+    p.add_argument("--config", default="configs/shapes/vae_v2.yaml")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the training config")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--every", type=int, default=50)

@@ -1,7 +1,7 @@
 """VAE training: L1 + KL (+ LPIPS with user weights, + PatchGAN from a chosen step), Adam betas (0.5, 0.9),
 joint image + video batches, EMA, and EasyAnimate's second stage (decoder-only fine-tune).
 
-    longvideo train configs/shapes_vae.yaml [key=value ...]
+    longvideo train configs/shapes/vae.yaml [key=value ...]
 
 Data is the shapes world rendered in memory. Batch `step` depends only on (seed, step), and the sampling
 noise of step `step` comes from a generator seeded the same way, so a resumed run sees exactly the batches
