@@ -447,4 +447,3 @@ def test_cfg_on_x0_equals_cfg_on_eps():
 def test_cfg_rejects_mismatched_conditioning():
     with pytest.raises(ValueError, match="same keys"):
         cfg_denoiser(lambda x, t, **k: x, {"y": torch.ones(1)}, {}, 2.0)
-
