@@ -4,8 +4,11 @@ commit (e.g. a deliberate change of the random stream).
 
 - the tiny DiT trainer's first losses, with every per-sample draw in play (tasks, caption drop, noised
   known frames, salient weights), and the tiny VAE trainer's (image and video batches);
-- the SHA-256 of the bundled model's uint8 frames at a fixed seed: a text-to-video clip, and an
-  image-to-video clip made in three windows (the long-video path).
+- the bundled model's uint8 frames at a fixed seed: a text-to-video clip, and an image-to-video clip made
+  in three windows (the long-video path). The frames are stored in tests/data/golden_videos.npz, whose
+  SHA-256 is pinned here; a run must give them exactly, or within float noise of another CPU or thread
+  count (measured: 2 threads instead of 1 flip 0.008% of the values by 1 level). Any real change of the
+  computation (another noise draw, another conditioning) moves far more.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -65,10 +69,22 @@ def test_golden_vae_losses(tmp_path):
     assert _losses(tmp_path / "run") == pytest.approx(VAE_LOSSES, rel=1e-5)
 
 
-def _sha(video: torch.Tensor) -> str:
+GOLDEN = Path(__file__).parent / "data" / "golden_videos.npz"
+
+
+def _check_frames(video: torch.Tensor, name: str, sha: str) -> None:
+    """Exactly the pinned frames, or within float noise: <= 0.1% of the values off, by <= 2 levels."""
     from longvideo.data.video_io import to_uint8_frames
 
-    return hashlib.sha256(to_uint8_frames(video).tobytes()).hexdigest()
+    ref = np.load(GOLDEN)[name]
+    assert hashlib.sha256(ref.tobytes()).hexdigest() == sha, "tests/data/golden_videos.npz changed"
+    got = to_uint8_frames(video)
+    assert got.shape == ref.shape
+    if hashlib.sha256(got.tobytes()).hexdigest() == sha:
+        return
+    diff = np.abs(got.astype(np.int16) - ref.astype(np.int16))
+    frac = float((diff > 0).mean())
+    assert frac <= 1e-3 and diff.max() <= 2, f"{name}: {frac:.2%} of the values differ, by up to {diff.max()}"
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +98,7 @@ def test_golden_bundled_video(bundled):
     video = bundled("a large red circle moving right quickly on a black background", frames=9, steps=6,
                     seed=3, progress=False)  # fmt: skip
     assert video.shape == (1, 3, 9, 64, 64)
-    assert _sha(video) == T2V_SHA
+    _check_frames(video, "t2v", T2V_SHA)
 
 
 def test_golden_bundled_long_video(bundled):
@@ -92,4 +108,4 @@ def test_golden_bundled_long_video(bundled):
     video = bundled("a large red square moving right slowly on a black background", image=image, frames=17,
                     window=9, overlap=1, anchor=True, steps=4, seed=5, progress=False)  # fmt: skip
     assert video.shape == (1, 3, 17, 64, 64)
-    assert _sha(video) == I2V_LONG_SHA
+    _check_frames(video, "i2v_long", I2V_LONG_SHA)
