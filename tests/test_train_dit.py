@@ -241,11 +241,34 @@ def test_freeze_globs(tmp_path, tiny_vae, cache):
         ({"text_encoder": "new:clip"}, "new:shapes"),
         ({"cond_noise": 1.0}, "cond_noise"),
         ({"salient_boost": -1}, "salient_boost"),
+        # the model's sizes are the frozen parts' own: checked, never rewritten
+        ({"model.in_channels": 8}, r"VAE makes 4 latent channels: set model.in_channels=4"),
+        ({"model.cond_channels": 17}, r"cond_channels is 17: 0 .* or 5"),
+        ({"text_encoder": "shapes"}, r"text encoder gives 64-d states: set model.text_dim=64"),
+        ({"data.source": "manifest"}, "needs data.manifest"),
     ],
 )
 def test_bad_configs(tmp_path, tiny_vae, cache, kw, msg):
     with pytest.raises(UserError, match=msg):
         DiTTrainer(_cfg(tmp_path / "x", tiny_vae, cache, **kw))
+
+
+def test_trainer_leaves_its_config_as_given(tmp_path, tiny_vae, cache):
+    """No hidden mutation: building and running a trainer (post-tuning picks its own trainable globs, the
+    cache sets the VAE's latent statistics) leaves the config object equal to what was passed in."""
+    import copy
+    import dataclasses
+
+    base = tmp_path / "base"
+    DiTTrainer(_cfg(base, tiny_vae, cache, steps=1, export=str(base / "export"))).fit(progress=False)
+    kw = {"data.shapes.num_frames": 9, "data.num_videos": 4, "extend.frames": 3, "extend.base_frames": 2}
+    for cfg in (_cfg(tmp_path / "a", tiny_vae, cache, steps=1),
+                _cfg(tmp_path / "b", tiny_vae, "''", steps=1, init=str(base / "export"), **kw)):  # fmt: skip
+        before = copy.deepcopy(dataclasses.asdict(cfg))
+        tr = DiTTrainer(cfg)
+        tr.fit(progress=False)
+        assert dataclasses.asdict(cfg) == before
+    assert tr.trainable and not cfg.trainable  # post-tuning's globs live in the trainer
 
 
 def test_cli_bad_key_is_one_line(tmp_path):
