@@ -7,8 +7,8 @@
 `dp` is data parallel (samples split, gradients averaged: DDP or FSDP2 over this dimension), `sp` sequence
 parallel (one sample's tokens split over ranks), `cfg` classifier-free-guidance parallel (the two guidance
 branches on two ranks, at inference). Only dp has users so far; sp and cfg are the room the sequence-parallel
-plans (issue #22) fill -- `parallelize` refuses sp > 1 until then. Trainers split batches, reduce logged losses and scale gradients over
-`dp`, never over the whole world: with sp > 1 the two differ.
+plans (issue #22) fill -- `parallelize` refuses sp > 1 until then. Trainers split batches, reduce logged
+losses and scale gradients over `dp`, never over the whole world: with sp > 1 the two differ.
 
 In a world of one nothing is initialised and every dimension has size 1 (group None: the collectives in
 dist.py are then the identity), so the same code runs on a laptop and under torchrun.
