@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 from pathlib import Path
 
 import torch
@@ -171,16 +172,20 @@ class DiTTrainer:
                 loss = losses.sum() / (len(js) * len(micro))
                 self.scaler.scale(loss).backward()
             total += losses.detach().double().sum().cpu()
+        loss = float(all_reduce_sum(total, self.mesh.group("dp"))) / cfg.batch_size  # the same on every rank
         self.scaler.unscale_(self.opt)
-        logs = {"lr": lr}
-        if cfg.grad_clip > 0:
-            gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            logs["grad_norm"] = float(full_tensor(gn))
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf  # inf: measured, not clipped
+        gn = float(full_tensor(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)))
+        logs = {"lr": lr, "grad_norm": gn, "loss": loss}
+        # a non-finite step changes nothing (fp16: an overflow is the grad scaler's to skip and back off)
+        if not math.isfinite(loss) or (not math.isfinite(gn) and not self.scaler.is_enabled()):
+            self.scaler.update()
+            self.opt.zero_grad(set_to_none=True)
+            return logs | {"skipped": True}
         self.scaler.step(self.opt)
         self.scaler.update()
         self.opt.zero_grad(set_to_none=True)
         self.ema.update(unwrap(self.model))
-        logs["loss"] = float(all_reduce_sum(total, self.mesh.group("dp"))) / cfg.batch_size
         return logs
 
     # -- state --------------------------------------------------------------------------------------------
@@ -197,6 +202,8 @@ class DiTTrainer:
         return loop.CheckpointState(tensors, objects, meta)
 
     def load_checkpoint_state(self, state: loop.CheckpointState) -> None:
+        own = unwrap(self.model)
+        loop.check_resumable(state, own.state_dict(), dataclasses.asdict(own.cfg), self.cfg.out)
         load_full_state_dict(self.model, state.tensors["model"])
         ema = self._new_ema()  # same sharding as the model
         with torch.no_grad():

@@ -103,6 +103,7 @@ class DiTTrainConfig:
     extend: ExtendConfig = field(default_factory=ExtendConfig)
     save_every: int = 500
     keep: int = 3
+    max_bad_steps: int = 5  # stop after this many steps in a row with a non-finite loss or gradient
     log_every: int = 20
     tensorboard: bool = False
     threads: int = 0  # torch intra-op threads; 0 = torch's default

@@ -10,6 +10,7 @@ and noise the uninterrupted run would have.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -80,6 +81,7 @@ class VAETrainConfig:
     stop_at: int = 0  # stop (checkpoint + export) after this step; the lr schedule still spans `steps`
     save_every: int = 500
     keep: int = 3
+    max_bad_steps: int = 5  # stop after this many steps in a row with a non-finite loss or gradient
     log_every: int = 20
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     export: str | None = None  # write the EMA weights here at the end (config.json + model.safetensors)
@@ -157,6 +159,7 @@ class VAETrainer:
         return loop.CheckpointState(tensors, objects, meta)
 
     def load_checkpoint_state(self, state: loop.CheckpointState) -> None:
+        loop.check_resumable(state, self.vae.state_dict(), asdict(self.model_cfg), self.cfg.out)
         self.vae.load_state_dict(state.tensors["model"])
         self.ema.load_state_dict(state.tensors["ema"], state.meta["ema_updates"])
         self.opt.load_state_dict(state.objects["optim"])
@@ -193,8 +196,12 @@ class VAETrainer:
             logs["g"] = g_loss.item()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        if cfg.grad_clip > 0:
-            logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.vae.parameters(), cfg.grad_clip))
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf  # inf: measured, not clipped
+        logs["grad_norm"] = gn = float(torch.nn.utils.clip_grad_norm_(self.vae.parameters(), max_norm))
+        lr = self.opt.param_groups[0]["lr"]
+        if not (math.isfinite(loss.item()) and math.isfinite(gn)):  # a non-finite step changes nothing
+            self.opt.zero_grad(set_to_none=True)
+            return logs | {"loss": loss.item(), "lr": lr, "frames": x.shape[2], "skipped": True}
         self.opt.step()
         self.ema.update(self.vae)
         if gan:
