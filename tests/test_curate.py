@@ -323,3 +323,18 @@ def test_cli_bad_input_is_one_line(corpus, tmp_path, capsys, args, message):
     assert main(["curate", video, "-o", str(tmp_path / "o"), "--no-progress", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("longvideo: error: ") and err.count("\n") == 1 and message in err, err
+
+
+def test_reencoded_clips_are_byte_identical_across_runs(corpus, tmp_path):
+    """The same input and settings give the same clip files (x264 pinned, #21)."""
+    cfg = _config()
+    cfg.steps, cfg.cut.mode = ["probe", "split"], "reencode"
+    video = str(corpus["dir"] / "v0.mp4")
+    for name in ("a", "b"):
+        curate([video], tmp_path / name, cfg, progress=False)
+
+    def clips(out: Path) -> dict:
+        return {str(p.relative_to(out)): p.read_bytes() for p in sorted((out / "clips").rglob("*.mp4"))}
+
+    assert len(clips(tmp_path / "a")) >= 3 and clips(tmp_path / "a") == clips(tmp_path / "b")
+    assert (tmp_path / "a" / MANIFEST).read_bytes() == (tmp_path / "b" / MANIFEST).read_bytes()

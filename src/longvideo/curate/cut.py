@@ -13,18 +13,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from fractions import Fraction
 from pathlib import Path
 
 import av
-import numpy as np
-from av.video.reformatter import ColorPrimaries, ColorRange, Colorspace, ColorTrc, VideoReformatter
 
 from longvideo.curate.config import CutConfig
 from longvideo.curate.probe import SourceInfo
 from longvideo.curate.split import Span
-from longvideo.data.video_io import iter_frames
+from longvideo.data.video_io import VideoWriter, iter_frames
 from longvideo.errors import UserError
+from longvideo.outputs import temp_path
 
 
 def clip_relpath(source: str, index: int) -> str:
@@ -49,7 +47,7 @@ def target_size(src: SourceInfo, cfg: CutConfig) -> tuple[int, int]:
 def write_clip(source: str, src: SourceInfo, span: Span, num_frames: int, out: Path, cfg: CutConfig) -> dict:
     """Write frames [span.start, span.end) of `source` to `out` -> {cut, num_frames, height, width}."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.mp4")
+    tmp = Path(temp_path(out))  # swept by the next run if this process is killed
     try:
         if cfg.mode in ("auto", "copy") and _copyable(src, span, num_frames, cfg):
             frames = _stream_copy(source, src, span, num_frames, tmp)
@@ -133,27 +131,10 @@ def _reencode(
     h, w = target_size(src, cfg)
     size = None if (h, w) == (src.info.height, src.info.width) else (h, w)
     frames = iter_frames(source, start=span.start / fps, end=span.end / fps, size=size)
-    rate = Fraction(fps).limit_denominator(10_000)
-    count = 0
-    # why not VideoWriter: it has no x264 preset option, and the default "medium" costs ~3x "veryfast" here
-    with av.open(str(tmp), "w", format="mp4") as out:
-        stream = out.add_stream("libx264", rate=rate, options={"crf": str(cfg.crf), "preset": cfg.preset})
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        cc = stream.codec_context
-        cc.colorspace, cc.color_range = Colorspace.ITU709, ColorRange.MPEG
-        cc.color_primaries, cc.color_trc = ColorPrimaries.BT709, ColorTrc.BT709
-        reformatter = VideoReformatter()
+    # why VideoWriter: its x264 settings make the clip a function of its frames (reruns give the same bytes)
+    with VideoWriter(tmp, fps, quality=cfg.crf, preset=cfg.preset, atomic=False) as writer:
         for rgb in frames:  # (h, w, 3) uint8
-            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-            vf.pts, vf.time_base = count, 1 / rate
-            yuv = reformatter.reformat(
-                vf, format="yuv420p", dst_colorspace=Colorspace.ITU709, dst_color_range=ColorRange.MPEG
-            )
-            for pkt in stream.encode(yuv):
-                out.mux(pkt)
-            count += 1
-        if count == 0:
+            writer.write(rgb)
+        if writer.frames_written == 0:
             raise UserError(f"no frames decoded for clip [{span.start}, {span.end}) of {source}")
-        for pkt in stream.encode(None):
-            out.mux(pkt)
-    return count, (h, w)
+    return writer.frames_written, (h, w)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from longvideo.curate.config import DROP_REASONS
 from longvideo.errors import UserError
+from longvideo.outputs import check_folder_for, same_file
 
 MANIFEST = "manifest.jsonl"
 ERRORS = "errors.jsonl"
@@ -76,8 +77,12 @@ def read_rows(path: Path, repair: bool = False) -> list[dict]:
             with open(path, "r+b") as f:
                 f.truncate(keep)
         data = data[:keep]
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file (was it overwritten?)") from None
     rows = []
-    for i, line in enumerate(data.decode().splitlines(), 1):
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -114,7 +119,7 @@ def check_stamp(out: Path, stamp: dict) -> None:
     if path.exists():
         try:
             old = json.loads(path.read_text())
-        except json.JSONDecodeError:
+        except (UnicodeDecodeError, json.JSONDecodeError):
             old = None
         if old != json.loads(json.dumps(stamp)):
             raise UserError(f"{out} holds a curation made with other settings; use another folder")
@@ -137,12 +142,16 @@ def merge(shards: Sequence[str | Path], out: str | Path) -> dict:
     for s in shards:
         if not (s / STAMP).is_file():
             raise UserError(f"curate --merge: {s} is not a curate output folder (no {STAMP})")
-        stamps.append(json.loads((s / STAMP).read_text()))
+        try:
+            stamps.append(json.loads((s / STAMP).read_text()))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise UserError(f"curate --merge: {s / STAMP} is not valid JSON (was it edited?)") from None
     if any(st != stamps[0] for st in stamps[1:]):
         raise UserError("curate --merge: the shards were made with different settings")
-    out.mkdir(parents=True, exist_ok=True)
-    if out.resolve() in {s.resolve() for s in shards}:
+    if any(same_file(out, s) for s in shards):
         raise UserError("curate --merge: the output folder must not be one of the shards")
+    check_folder_for(out, STAMP, "curate --merge")
+    out.mkdir(parents=True, exist_ok=True)
     check_stamp(out, stamps[0])
     rows: dict[tuple, dict] = {}
     errors: dict[str, dict] = {}

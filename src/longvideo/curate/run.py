@@ -8,6 +8,10 @@ one at a time in fresh processes, and the one that kills its process again is re
 
 `--shard i/n` takes every n-th input of the sorted input list starting at i (every machine must be given
 the same list); `manifest.merge` joins the shard folders.
+
+Outputs and processes: OUT is refused when it is, holds or sits inside an input, or holds another
+command's outputs; workers die with the runner (also when it is killed), a Ctrl-C or SIGTERM stops them at
+once (their temp clips removed), and temp files a killed run left in OUT are swept by the next run.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from longvideo.curate.probe import SourceInfo, probe_source
 from longvideo.curate.split import Span, chop, is_too_short, shots, stitch
 from longvideo.data.video_io import iter_frames
 from longvideo.errors import UserError
+from longvideo.outputs import check_folder_for, stop_pool, sweep_temps, worker_init, worker_task
 
 _log = logging.getLogger(__name__)
 FORMAT = 1  # of the output folder; part of curate.json
@@ -97,6 +102,8 @@ def curate(
     i, n = shard
     mine = sources[i::n]
     out = Path(out)
+    check_apart(inputs, out)
+    check_folder_for(out, mf.STAMP, "curate")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -104,28 +111,34 @@ def curate(
     t0 = time.perf_counter()
     with _locked(out):
         mf.check_stamp(out, {"format": FORMAT, "config": dataclasses.asdict(cfg)})
+        sweep_temps(out, recursive=True)  # what a killed run left (under the lock: no live run's files)
         if retry_errors:
             chosen = set(mine)
             errors = mf.read_rows(out / mf.ERRORS, repair=True)
             mf.write_sorted(out / mf.ERRORS, [e for e in errors if e["source"] not in chosen])
         done = mf.done_sources(out)
         todo = [s for s in mine if s not in done]
-        bar = tqdm(
-            total=len(mine), initial=len(mine) - len(todo), desc="curate", unit="video", disable=not progress
-        )
         stats = {"inputs": 0, "clips": 0, "kept": 0, "errors": 0}
-        for rows, error in _results(todo, cfg, out, workers):
-            if error is not None:
-                mf.append_rows(out / mf.ERRORS, [error])
-                stats["errors"] += 1
-            else:
-                mf.append_rows(out / mf.MANIFEST, rows)
-                stats["clips"] += len(rows)
-                stats["kept"] += sum(bool(r["keep"]) for r in rows)
-            stats["inputs"] += 1
-            bar.update()
-            bar.set_postfix(clips=stats["clips"], kept=stats["kept"], errors=stats["errors"], refresh=False)
-        bar.close()
+        # why closing: an exception here (SIGTERM, Ctrl-C) stops the workers now, not when the traceback
+        # is freed; the bar's with-block closes it before the error is printed
+        with (
+            tqdm(total=len(mine), initial=len(mine) - len(todo), desc="curate", unit="video",
+                 disable=not progress) as bar,
+            contextlib.closing(_results(todo, cfg, out, workers)) as results,
+        ):  # fmt: skip
+            for rows, error in results:
+                if error is not None:
+                    mf.append_rows(out / mf.ERRORS, [error])
+                    stats["errors"] += 1
+                else:
+                    mf.append_rows(out / mf.MANIFEST, rows)
+                    stats["clips"] += len(rows)
+                    stats["kept"] += sum(bool(r["keep"]) for r in rows)
+                stats["inputs"] += 1
+                bar.update()
+                bar.set_postfix(
+                    clips=stats["clips"], kept=stats["kept"], errors=stats["errors"], refresh=False
+                )
         for name in (mf.MANIFEST, mf.ERRORS):
             mf.write_sorted(out / name, mf.read_rows(out / name, repair=True))
     seconds = time.perf_counter() - t0
@@ -138,6 +151,18 @@ def curate(
         "shard": f"{i}/{n}",
     }
     return mf.summarize(out, {"this_run": run})
+
+
+def check_apart(inputs: Sequence[str | os.PathLike[str]], out: Path) -> None:
+    """UserError when the output folder is an input, or inside an input folder (its clips would be inputs
+    of the next run), or holds an input (clips written over what is being read)."""
+    o = os.path.realpath(out)
+    for item in inputs:
+        r = os.path.realpath(item)
+        if r == o or o.startswith(r + os.sep):
+            raise UserError(f"curate: the output folder {out} is inside the input {item}; write it elsewhere")
+        if r.startswith(o + os.sep):
+            raise UserError(f"curate: the input {item} is inside the output folder {out}; write it elsewhere")
 
 
 @contextlib.contextmanager
@@ -166,13 +191,12 @@ def _results(
     pending = deque(todo)
     while pending:
         suspects: list[str] = []
-        ctx = get_context("spawn")  # why: no fork of a parent holding torch/ORT/OpenCV thread pools
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+        with _pool(workers) as pool:
             inflight: dict = {}
             try:
                 yield from _drain(pool, pending, inflight, suspects, cfg, out, workers)
-            except BaseException:  # why: Ctrl-C or a fatal error: do not start the queued inputs
-                pool.shutdown(wait=True, cancel_futures=True)
+            except BaseException:  # why: Ctrl-C, SIGTERM or a fatal error: stop the workers now
+                stop_pool(pool)
                 raise
         for s in suspects:
             yield _isolated(s, cfg, out)
@@ -183,7 +207,7 @@ def _drain(pool, pending: deque, inflight: dict, suspects: list, cfg: CurateConf
     while pending or inflight:
         while pending and len(inflight) < 2 * workers:
             s = pending.popleft()
-            inflight[pool.submit(process_input, s, cfg, str(out))] = s
+            inflight[pool.submit(_process_in_worker, s, cfg, str(out))] = s
         finished, _ = wait(inflight, return_when=FIRST_COMPLETED)
         for f in finished:
             s = inflight.pop(f)
@@ -199,14 +223,29 @@ def _drain(pool, pending: deque, inflight: dict, suspects: list, cfg: CurateConf
 
 def _isolated(source: str, cfg: CurateConfig, out: Path) -> tuple[list, dict | None]:
     """Rerun one input alone in a fresh process: a second crash is this input's fault."""
-    with ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
+    with _pool(1) as pool:
         try:
-            return pool.submit(process_input, source, cfg, str(out)).result()
+            return pool.submit(_process_in_worker, source, cfg, str(out)).result()
         except BrokenProcessPool:
             return [], {"source": source, "stage": "worker", "reason": "the worker process crashed"}
+        except BaseException:
+            stop_pool(pool)
+            raise
 
 
-def _init_worker() -> None:
+def _pool(workers: int) -> ProcessPoolExecutor:
+    ctx = get_context("spawn")  # why: no fork of a parent holding torch/ORT/OpenCV thread pools
+    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(os.getpid(),))
+
+
+def _process_in_worker(source: str, cfg: CurateConfig, out: str) -> tuple[list[dict], dict | None]:
+    with worker_task():  # a SIGTERM from stop_pool: the clip's temp file is removed, then the worker exits
+        return process_input(source, cfg, out)
+
+
+def _init_worker(parent: int) -> None:
+    worker_init(parent)  # dies with the runner
+
     import cv2
     import torch
 

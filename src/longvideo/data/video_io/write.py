@@ -3,11 +3,16 @@
 .mp4/.mkv/.mov are H.264 (libx264, yuv420p, tagged BT.709); .gif gets a fresh 256-colour palette per frame.
 Writes are atomic by default: frames go to a hidden temp file that replaces the target only on a successful
 close. Frames are uint8 RGB (H, W, 3) or batches (T, H, W, 3), numpy or torch. Bad input raises `UserError`.
+
+Reproducible: the same frames and settings give a byte-identical file (`x264_options`, `X264_THREADS`); as
+x264's C, SSE and AVX2 code are bit-exact with each other, another machine with the same PyAV build should
+write the same bytes (checked on one machine only).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import numbers
 import os
 from collections.abc import Iterable
@@ -24,11 +29,52 @@ from av.video.reformatter import ColorPrimaries, ColorRange, Colorspace, ColorTr
 
 from longvideo.data.video_io.read import _reason
 from longvideo.errors import UserError
+from longvideo.outputs import sweep_temps, temp_path
 
-__all__ = ["VideoWriter", "write_video"]
+__all__ = ["VideoWriter", "write_video", "x264_options"]
 
 # Extension -> muxer name; passed explicitly because atomic writes go to a temp name.
 _MUXERS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov", ".gif": "gif"}
+# x264 frame threads, fixed: the bitstream depends on the thread count, so "auto" (the core count) would make
+# the file depend on the machine. Frame threads (not slices) keep one slice per frame at any count.
+X264_THREADS = 4
+
+
+def x264_options(crf: int, preset: str | None = None) -> dict[str, str]:
+    """libx264 options that make its output a function of the frames and these settings alone.
+
+    With x264's AVX-512 code the bitstream depends on memory outside the frames: on an AVX-512 CPU, 12 of 15
+    writes of the same 97 64x64 frames gave different files (decoded frames off by up to 22 levels), and
+    equal frames in fresh buffers changed it. Its AVX2 code is bit-exact with its C code and did not vary,
+    so on such CPUs the encoder is held to AVX2 (as fast here; BENCHMARKS.md, Video IO).
+    """
+    opts = {"crf": str(crf)}
+    if preset is not None:
+        opts["preset"] = preset
+    if _has_avx512():
+        opts["x264-params"] = "asm=AVX2"
+    return opts
+
+
+@functools.cache
+def _has_avx512() -> bool:
+    """Whether the CPU (and OS) run AVX-512, as x264 checks (F, CD, BW, DQ, VL), and AVX2 for the cap."""
+    need = ("AVX2", "AVX512F", "AVX512CD", "AVX512BW", "AVX512DQ", "AVX512VL")
+    try:  # numpy's runtime dispatch table: every OS, with OS support checked
+        from numpy._core._multiarray_umath import __cpu_features__ as feats
+    except ImportError:
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__ as feats  # numpy < 2
+        except ImportError:
+            feats = None
+    if feats is not None:
+        return all(feats.get(k, False) for k in need)
+    try:  # why: a fallback for numpy builds without the table
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return {k.lower() for k in need} <= set(flags)
 
 
 def _as_frame_batch(x: Any) -> np.ndarray:
@@ -52,8 +98,9 @@ class VideoWriter:
     """Frame-by-frame video writer (a context manager); the frame size is set by the first frame.
 
     .mp4/.mkv/.mov: H.264 (libx264, yuv420p, BT.709) with `quality` as CRF (0 best .. 51 worst; 18 is
-    visually lossless). .gif: per-frame adaptive 256-colour palette (`quality` unused). With `atomic`, frames
-    go to a hidden temp file next to `path` that replaces `path` only on a successful close.
+    visually lossless) and `preset` as x264's speed/size trade-off (default "medium"). .gif: per-frame
+    adaptive 256-colour palette (`quality` unused). With `atomic`, frames go to a hidden temp file next to
+    `path` that replaces `path` only on a successful close.
     """
 
     def __init__(
@@ -63,6 +110,7 @@ class VideoWriter:
         *,
         quality: int = 18,
         codec: str | None = None,
+        preset: str | None = None,
         atomic: bool = True,
     ) -> None:
         self.path = os.fspath(path)
@@ -91,10 +139,13 @@ class VideoWriter:
             raise UserError(f"output directory is not writable: {parent}")
         self._rate = Fraction(float(fps)).limit_denominator(10_000)  # 29.97002997 -> 30000/1001
         self._quality = int(quality)
+        self._preset = preset
         self._atomic = atomic
-        name = os.path.basename(self.path)
-        # why: the pid keeps two processes writing the same path from clobbering each other's temp file.
-        self._target = os.path.join(parent, f".{name}.{os.getpid()}.tmp{suffix}") if atomic else self.path
+        # why: the pid keeps two processes writing the same path from clobbering each other's temp file;
+        # one a killed run left (its process is gone) is removed now.
+        self._target = temp_path(self.path) if atomic else self.path
+        if atomic:
+            sweep_temps(parent, name=os.path.basename(self.path))
         try:
             open(self._target, "wb").close()  # why: av.open defers creating the file; fail fast here instead
             self._container = av.open(self._target, mode="w", format=_MUXERS[suffix])
@@ -161,9 +212,17 @@ class VideoWriter:
             raise UserError(f"{self.path}: H.264 (yuv420p) needs even width and height, got {w}x{h}")
         try:
             # why: CRF is an x264/x265 option; other encoders use their own defaults.
-            crf = {"crf": str(self._quality)} if self._codec in ("libx264", "libx265") else {}
-            stream = self._container.add_stream(self._codec, rate=self._rate, options=crf)
+            if self._codec == "libx264":
+                options = x264_options(self._quality, self._preset)
+            elif self._codec == "libx265":
+                options = {"crf": str(self._quality)}
+            else:
+                options = {}
+            stream = self._container.add_stream(self._codec, rate=self._rate, options=options)
             stream.width, stream.height = w, h
+            if self._codec == "libx264":
+                stream.codec_context.thread_type = "FRAME"
+                stream.codec_context.thread_count = X264_THREADS
             if self._gif:
                 stream.pix_fmt = "pal8"
                 self._graph = _gif_palette_graph(w, h, 1 / self._rate)
