@@ -151,17 +151,17 @@ def merge(shards: Sequence[str | Path], out: str | Path) -> dict:
     if any(same_file(out, s) for s in shards):
         raise UserError("curate --merge: the output folder must not be one of the shards")
     check_folder_for(out, STAMP, "curate --merge")
-    out.mkdir(parents=True, exist_ok=True)
-    check_stamp(out, stamps[0])
     rows: dict[tuple, dict] = {}
     errors: dict[str, dict] = {}
-    for s in shards:
+    for s in shards:  # every shard is read before anything is written: a bad one leaves no `out`
         for r in read_rows(s / MANIFEST):
-            if r.get("path") and not os.path.isabs(r["path"]):
+            if isinstance(r.get("path"), str) and r["path"] and not os.path.isabs(r["path"]):
                 r["path"] = os.path.relpath(s / r["path"], out)
-            rows.setdefault((r["source"], r["clip"]), r)  # why: an input run by two shards counts once
+            rows.setdefault((r["source"], r.get("clip")), r)  # why: an input run by two shards counts once
         for e in read_rows(s / ERRORS):
             errors.setdefault(e["source"], e)
+    out.mkdir(parents=True, exist_ok=True)
+    check_stamp(out, stamps[0])
     done = {k[0] for k in rows}
     write_sorted(out / MANIFEST, rows.values())
     write_sorted(out / ERRORS, [e for src, e in errors.items() if src not in done])

@@ -66,10 +66,15 @@ def write_shapes_dataset(
     _check_int("seed", seed, 0)
     cfg.validate()
     out = Path(out)
-    check_folder_for(out, STAMP, "data shapes")  # before anything is written: a bad setting leaves nothing
+    check_folder_for(out, STAMP, "data shapes")
+    names = [f"{i:06d}.mp4" for i in range(n)]
+    # every video is drawn (cheap) before anything is written: filters no video satisfies leave nothing
+    rows = [
+        manifest_row(sample_video(cfg, video_rng(seed, i)), names[i], cfg.num_frames, seed, i)
+        for i in range(n)
+    ]
     _prepare_dir(out, {"config": asdict(cfg), "seed": seed, "quality": quality})
     sweep_temps(out)  # what a killed run left
-    names = [f"{i:06d}.mp4" for i in range(n)]
     todo = [i for i in range(n) if not (out / names[i]).exists()]
     jobs = [(str(out / names[i]), cfg, seed, i, quality) for i in todo]
     with tqdm(total=n, initial=n - len(todo), desc="shapes", unit="video", disable=not progress) as bar:
@@ -85,10 +90,6 @@ def write_shapes_dataset(
                 except BaseException:  # why: Ctrl-C, SIGTERM, an error: stop the workers, drop the queue
                     stop_pool(pool)
                     raise
-    rows = [
-        manifest_row(sample_video(cfg, video_rng(seed, i)), names[i], cfg.num_frames, seed, i)
-        for i in range(n)
-    ]
     write_text_atomic(out / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     return {"videos": n, "written": len(todo), "kept": n - len(todo), "manifest": str(out / "manifest.jsonl")}
 
