@@ -29,7 +29,7 @@ from av.video.reformatter import ColorPrimaries, ColorRange, Colorspace, ColorTr
 
 from longvideo.data.video_io.read import _reason
 from longvideo.errors import UserError
-from longvideo.outputs import sweep_temps, temp_path
+from longvideo.outputs import temp_path
 
 __all__ = ["VideoWriter", "write_video", "x264_options"]
 
@@ -141,11 +141,9 @@ class VideoWriter:
         self._quality = int(quality)
         self._preset = preset
         self._atomic = atomic
-        # why: the pid keeps two processes writing the same path from clobbering each other's temp file;
-        # one a killed run left (its process is gone) is removed now.
+        # why: the pid keeps two processes writing the same path from clobbering each other's temp file
+        # (the commands sweep those of killed runs: outputs.sweep_temps)
         self._target = temp_path(self.path) if atomic else self.path
-        if atomic:
-            sweep_temps(parent, name=os.path.basename(self.path))
         try:
             open(self._target, "wb").close()  # why: av.open defers creating the file; fail fast here instead
             self._container = av.open(self._target, mode="w", format=_MUXERS[suffix])
