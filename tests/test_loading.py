@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -106,6 +107,9 @@ def test_mismatched_weights_are_one_line_errors(component, tmp_path):
     rewrite(**{first: torch.zeros(*sd[first].shape, 2)})
     msg = one_line_error(lambda: load(folder), r"has shape .*config\.json implies .*\(1 mismatched\)")
     assert first in msg
+    rewrite(**{first: torch.zeros(sd[first].shape, dtype=torch.int32)})  # an integer tensor for a float one
+    msg = one_line_error(lambda: load(folder), r"is torch\.int32, the model needs a floating tensor")
+    assert first in msg
     # a config the weights were not written for: the same check, nothing loaded at random
     rewrite()
     cfg = json.loads((folder / "config.json").read_text())
@@ -204,3 +208,124 @@ def test_count_params_is_defined_once():
     assert not any(hasattr(m, "count_params") for m in (dit, dit_model, vae_model))
     with torch.device("meta"):
         assert count_params(torch.nn.Linear(3, 2)) == 8
+
+
+# ----------------------------------------------------------------------------- untrusted folders (#21)
+
+BAD_CONFIGS = {
+    "vae": [("base_channels", "128", r"VAEConfig\.base_channels must be int, got '128'"),
+            ("base_channels", 8.5, r"VAEConfig\.base_channels must be int"),
+            ("base_channels", True, r"VAEConfig\.base_channels must be int"),
+            ("channel_mult", [1, "2"], r"VAEConfig\.channel_mult must be list\[int\]"),
+            ("scaling_factor", None, r"VAEConfig\.scaling_factor must be float"),
+            ("base_channels", -8, r"bad VAEConfig \(channel counts"),
+            ("num_res_blocks", 0, r"bad VAEConfig"),
+            ("latent_channels", -4, r"bad VAEConfig"),
+            ("norm_groups", -1, r"bad VAEConfig \(norm_groups must be >= 0"),
+            ("base_channels", 10**12, r"config\.json: cannot build the VAE from it")],
+    "transformer": [("num_layers", "2", r"DiTConfig\.num_layers must be int, got '2'"),
+                    ("patch_size", "x", r"DiTConfig\.patch_size must be list\[int\]"),
+                    ("family", 3, r"DiTConfig\.family must be str"),
+                    ("norm_eps", "x", r"DiTConfig\.norm_eps must be float"),
+                    ("num_layers", -1, r"bad DiTConfig"),
+                    ("head_dim", -24, r"bad DiTConfig"),
+                    ("cond_channels", -3, r"bad DiTConfig")],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("component, field, value, match",
+                         [(c, *case) for c, cases in BAD_CONFIGS.items() for case in cases])  # fmt: skip
+def test_configs_with_wrong_types_or_sizes_are_one_line_errors(component, field, value, match, tmp_path):
+    make_cfg, build, load = COMPONENTS[component]
+    folder = tmp_path / component
+    write_folder(folder, make_cfg(), build)
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, field: value}))
+    msg = one_line_error(lambda: load(folder), match)
+    assert str(folder / "config.json") in msg
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_component_files_linked_out_of_the_folder_are_refused(component, tmp_path):
+    make_cfg, build, load = COMPONENTS[component]
+    folder = tmp_path / component
+    write_folder(folder, make_cfg(), build)
+    for name in ("model.safetensors", "config.json"):
+        (folder / name).rename(tmp_path / name)
+        (folder / name).symlink_to(tmp_path / name)
+        one_line_error(lambda: load(folder), rf"{name}: resolves to .*, outside .*{component}")
+        (folder / name).unlink()
+        (tmp_path / name).rename(folder / name)
+    load(folder)
+
+
+@pytest.fixture(scope="module")
+def pipeline_folder(tmp_path_factory) -> Path:
+    from longvideo.pipelines.tiny import tiny_pipeline
+
+    folder = tmp_path_factory.mktemp("pipe") / "tiny"
+    tiny_pipeline().save_pretrained(folder)
+    return folder
+
+
+def test_pipeline_components_linked_out_of_the_folder_are_refused(pipeline_folder, tmp_path):
+    import shutil
+
+    from longvideo.pipelines import VideoPipeline
+
+    for part in ("vae", "transformer", "scheduler", "tokenizer", "text_encoder"):
+        pipe = tmp_path / part / "pipe"
+        shutil.copytree(pipeline_folder, pipe)
+        shutil.move(pipe / part, tmp_path / part / "elsewhere")
+        (pipe / part).symlink_to(tmp_path / part / "elsewhere", target_is_directory=True)
+        one_line_error(lambda p=pipe: VideoPipeline.from_pretrained(p), rf"{part}: resolves to .*, outside")
+    pipe = tmp_path / "index" / "pipe"
+    shutil.copytree(pipeline_folder, pipe)
+    (pipe / "model_index.json").rename(tmp_path / "index" / "model_index.json")
+    (pipe / "model_index.json").symlink_to(tmp_path / "index" / "model_index.json")
+    one_line_error(lambda: VideoPipeline.from_pretrained(pipe), r"model_index\.json: resolves to .*, outside")
+
+
+@pytest.mark.parametrize(
+    "file, change, match",
+    [("vae/config.json", {"base_channels": "8"}, r"VAEConfig\.base_channels must be int"),
+     ("transformer/config.json", {"num_heads": -2}, r"bad DiTConfig"),
+     ("model_index.json", {"text_encoder_config": [16]}, "text_encoder_config must be a JSON object"),
+     ("model_index.json", {"text_encoder_config": {"max_length": "16"}}, r"TextEncoderConfig\.max_length"),
+     ("model_index.json", {"_format": True}, "not a VideoPipeline folder"),
+     ("scheduler/config.json", {"diffusion": {"num_train_timesteps": "9"}}, r"DiffusionConfig\.\w+ must be"),
+     ("scheduler/config.json", {"defaults": {"steps": 2.5}}, r"PipelineDefaults\.steps must be int")],
+)  # fmt: skip
+def test_generate_with_a_bad_pipeline_config_fails_in_one_line(
+    pipeline_folder, tmp_path, capsys, file, change, match
+):
+    import shutil
+
+    from longvideo.cli import main
+
+    pipe = tmp_path / "pipe"
+    shutil.copytree(pipeline_folder, pipe)
+    data = json.loads((pipe / file).read_text())
+    data.update({k: {**data[k], **v} if isinstance(v, dict) and isinstance(data.get(k), dict) else v
+                 for k, v in change.items()})  # fmt: skip
+    (pipe / file).write_text(json.dumps(data))
+    out_mp4 = tmp_path / "out.mp4"
+    rc = main(
+        [
+            "generate",
+            "a red circle",
+            "--model",
+            str(pipe),
+            "--frames",
+            "5",
+            "--steps",
+            "1",
+            "-o",
+            str(out_mp4),
+        ]
+    )
+    _, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("longvideo: error: "), err
+    assert re.search(match, lines[0]), lines[0]
+    assert not out_mp4.exists()

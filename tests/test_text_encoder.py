@@ -332,6 +332,7 @@ def one_line_error(match, fn, *a, **kw):
     with pytest.raises(UserError, match=match) as e:
         fn(*a, **kw)
     assert "\n" not in str(e.value)
+    return str(e.value)
 
 
 def test_errors(folders, tmp_path):
@@ -393,3 +394,215 @@ def test_bert_without_pooler(tmp_path):
     one_line_error(
         "lacks 2 weights", TextEncoder.from_pretrained, tmp_path, cfg=TextEncoderConfig(output="pooled")
     )
+
+
+# ---- untrusted folders (issue #21) -------------------------------------------------------------------------
+def crafted(folders, tmp_path, name, edit):
+    """A copy of the t5 folder, its tokenizer.json changed by `edit` (a function of the JSON, or the text)."""
+    d = tmp_path / name
+    shutil.copytree(folders["t5"], d)
+    f = d / "tokenizer.json"
+    if isinstance(edit, str):
+        f.write_text(edit)
+    else:
+        tok = json.loads(f.read_text())
+        edit(tok)
+        f.write_text(json.dumps(tok))
+    return d
+
+
+def undefined_template_token(tok):  # the library panics at encode time ("no entry found for key")
+    tok["post_processor"]["single"] = [{"SpecialToken": {"id": "nope", "type_id": 0}}]
+
+
+def second_sequence_in_single(tok):  # panics at encode time ("index out of bounds")
+    tok["post_processor"]["single"] = [{"Sequence": {"id": "B", "type_id": 0}}]
+
+
+def bad_charsmap(tok):  # panics at load time ("Cannot parse precompiled_charsmap")
+    tok["normalizer"] = {"type": "Precompiled", "precompiled_charsmap": "AAAA"}
+
+
+PANICS = {
+    "undefined_template_token": (undefined_template_token, "uses 'nope', undefined"),
+    "second_sequence_in_single": (second_sequence_in_single, "uses the sequence 'B'"),
+    "bad_charsmap": (bad_charsmap, "precompiled_charsmap does not parse"),
+}
+
+
+@pytest.mark.parametrize("case", PANICS)
+def test_a_tokenizer_that_panics_the_library_is_a_one_line_error(folders, tmp_path, case):
+    """These files make the tokenizers library panic (pyo3's PanicException, a BaseException: before #21 a
+    traceback, and an abort in the library's threads); they are now refused before the library sees them."""
+    from tokenizers import Tokenizer
+
+    edit, match = PANICS[case]
+    d = crafted(folders, tmp_path, case, edit)
+    with pytest.raises(BaseException) as raw:  # what the library does with the file on its own
+        Tokenizer.from_file(str(d / "tokenizer.json")).encode_batch(["a red circle"])
+    assert type(raw.value).__name__ == "PanicException" and not isinstance(raw.value, Exception)
+    one_line_error(match, TextEncoder.from_pretrained, d, cfg=TextEncoderConfig(max_length=L))
+
+
+def vocab_id(value):
+    def edit(tok):
+        tok["model"]["vocab"]["a"] = value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (vocab_id(2**40), r"token ids must be integers in \[0, 2\^31\)"),
+        (vocab_id(-1), r"token ids must be integers in \[0, 2\^31\)"),
+        (vocab_id("3"), r"token ids must be integers"),
+        (vocab_id(10**6), "has token id 1000000, but the text encoder embeds only"),  # a sparse vocab
+        (lambda t: t["added_tokens"].append({"id": -5, "content": "x"}), "bad added token"),
+        (lambda t: t["model"].update(type="Magic"), "model type 'Magic' is not one of"),
+        (lambda t: t.pop("model"), "no model object"),
+        (lambda t: t["model"]["vocab"].pop("<unk>"), "fails on a prompt: WordLevel error: Missing"),
+        ('{"model": {"type": "WordLevel", "vocab": {"a": 0}, "unk_to', r"tokenizer\.json: unreadable JSON"),
+        ("[1, 2]", r"tokenizer\.json: expected a JSON object"),
+        ("\x00\xff binary", r"tokenizer\.json: unreadable JSON"),
+    ],
+)
+def test_malformed_tokenizer_json_is_a_one_line_error(folders, tmp_path, edit, match):
+    d = crafted(folders, tmp_path, "bad", edit)
+    one_line_error(match, TextEncoder.from_pretrained, d, cfg=TextEncoderConfig(max_length=L))
+
+
+def test_malformed_tokenizer_config_is_a_one_line_error(folders, tmp_path):
+    d = tmp_path / "cfg"
+    shutil.copytree(folders["t5"], d)
+    f = d / "tokenizer_config.json"
+    good = json.loads(f.read_text())
+    for bad, match in (
+        ({"added_tokens_decoder": {"-1": {"content": "x"}}}, "bad token id '-1'"),
+        ({"added_tokens_decoder": {"5": "x"}}, "token 5: no content string"),
+        ({"tokenizer_class": 3}, "tokenizer_class must be a string"),
+        ({"model_max_length": "big"}, "bad model_max_length"),
+    ):
+        f.write_text(json.dumps({**good, **bad}))
+        one_line_error(match, TextEncoder.from_pretrained, d, cfg=TextEncoderConfig(max_length=L))
+    with f.open("wb") as out:  # sizes are bounded before anything parses the file
+        out.truncate(65 << 20)
+    one_line_error("too large for a tokenizer file", TextEncoder.from_pretrained, d)
+
+
+def test_a_panic_past_the_checks_is_still_a_one_line_error(folders, tmp_path):
+    from tokenizers import Tokenizer
+
+    d = crafted(folders, tmp_path, "panic", bad_charsmap)
+    try:
+        Tokenizer.from_file(str(d / "tokenizer.json"))
+    except BaseException as e:  # the library's own exception type
+        panic = type(e)
+    enc = TextEncoder.from_pretrained(folders["t5"], cfg=TextEncoderConfig(max_length=L))
+
+    def explode(*a, **kw):
+        raise panic("index out of bounds")
+
+    enc.tokenizer = type("Crashing", (), {"__call__": staticmethod(explode)})()
+    one_line_error("the tokenizer in .* fails on a prompt: index out of bounds", enc.encode, ["a new prompt"])
+
+    def interrupt(*a, **kw):
+        raise KeyboardInterrupt
+
+    enc.tokenizer = type("Interrupted", (), {"__call__": staticmethod(interrupt)})()
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C is not a bad folder
+        enc.encode(["another prompt"])
+
+
+def test_file_names_in_tokenizer_config_are_never_opened(folders, tmp_path):
+    """tokenizer_config.json may name files (`vocab_file`, `fast_tokenizer_files`): the library would open
+    those paths as given. We hand it the folder's own files only, so a config pointing elsewhere loads the
+    folder's tokenizer."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "tokenizer.99.json").write_text("{not json: would fail if read")
+    d = tmp_path / "names"
+    shutil.copytree(folders["t5"], d)
+    f = d / "tokenizer_config.json"
+    cfg = json.loads(f.read_text())
+    paths = {"tokenizer_file": str(outside / "tokenizer.99.json"), "vocab_file": "/etc/passwd",
+             "fast_tokenizer_files": ["../outside/tokenizer.99.json"]}  # fmt: skip
+    f.write_text(json.dumps({**cfg, **paths}))
+    want = TextEncoder.from_pretrained(folders["t5"], cfg=TextEncoderConfig(max_length=L)).tokenize(PROMPTS)
+    got = TextEncoder.from_pretrained(d, cfg=TextEncoderConfig(max_length=L)).tokenize(PROMPTS)
+    assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True))
+
+
+def test_symlinks_out_of_the_folder_are_refused(folders, tmp_path):
+    for name in ("tokenizer.json", "config.json", "model.safetensors"):
+        d = tmp_path / name
+        shutil.copytree(folders["t5"], d)
+        shutil.move(d / name, tmp_path / f"outside-{name}")
+        (d / name).symlink_to(tmp_path / f"outside-{name}")
+        one_line_error(f"{name}: resolves to .*outside-{name}, outside", TextEncoder.from_pretrained, d)
+    pipe = tmp_path / "pipe"
+    (pipe / "text_encoder").mkdir(parents=True)
+    (pipe / "tokenizer").symlink_to(folders["t5"], target_is_directory=True)  # a folder linked out of it
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(folders["t5"] / f, pipe / "text_encoder" / f)
+    one_line_error("tokenizer: resolves to .*, outside", TextEncoder.from_pretrained, pipe)
+
+
+def test_weights_are_safetensors_only(folders, tmp_path):
+    d = tmp_path / "pickle"
+    shutil.copytree(folders["t5"], d)
+    sd = transformers.T5EncoderModel.from_pretrained(d).state_dict()
+    torch.save(sd, d / "pytorch_model.bin")
+    (d / "model.safetensors").unlink()
+    msg = one_line_error(
+        "only pytorch_model.bin, a pickle, which longvideo never loads", TextEncoder.from_pretrained, d
+    )
+    assert "t.T5EncoderModel.from_pretrained(p, use_safetensors=False)" in msg
+    assert ".save_pretrained(p, safe_serialization=True)" in msg
+    # next to a safetensors file, a pickle is never looked at (here: not a pickle at all)
+    both = tmp_path / "both"
+    shutil.copytree(folders["t5"], both)
+    (both / "pytorch_model.bin").write_bytes(b"not a pickle")
+    TextEncoder.from_pretrained(both, cfg=TextEncoderConfig(max_length=L))
+
+
+def test_a_sharded_text_encoder_index_is_confined(folders, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    d = tmp_path / "sharded"
+    shutil.copytree(folders["t5"], d)
+    sd = load_file(d / "model.safetensors")
+    (d / "model.safetensors").unlink()
+    keys = sorted(sd)
+    save_file({k: sd[k] for k in keys[:5]}, d / "a.safetensors")
+    save_file({k: sd[k] for k in keys[5:]}, d / "b.safetensors")
+    index = {
+        "metadata": {},
+        "weight_map": {k: "a.safetensors" if i < 5 else "b.safetensors" for i, k in enumerate(keys)},
+    }
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    TextEncoder.from_pretrained(d, cfg=TextEncoderConfig(max_length=L))  # a good index loads
+    index["weight_map"][keys[0]] = "../b.safetensors"
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    one_line_error(r"'\.\./b\.safetensors' is not a plain file name", TextEncoder.from_pretrained, d)
+
+
+def test_cli_generate_with_a_crafted_tokenizer_is_a_one_line_error(tmp_path, capsys):
+    """The issue's case end to end: a pipeline folder whose tokenizer panics the library exits 2 with one
+    line of ours."""
+    from longvideo.cli import main
+    from longvideo.pipelines.tiny import tiny_pipeline
+
+    pipe = tmp_path / "pipe"
+    tiny_pipeline().save_pretrained(pipe)
+    f = pipe / "tokenizer" / "tokenizer.json"
+    tok = json.loads(f.read_text())
+    undefined_template_token(tok)
+    f.write_text(json.dumps(tok))
+    rc = main(["generate", "a red circle", "--model", str(pipe), "--frames", "5", "--steps", "1",
+               "-o", str(tmp_path / "out.mp4")])  # fmt: skip
+    _, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("longvideo: error: "), err
+    assert "TemplateProcessing single uses 'nope', undefined" in lines[0]
+    assert not (tmp_path / "out.mp4").exists()

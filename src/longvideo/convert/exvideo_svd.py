@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from longvideo.convert.files import read_state_dict, weights_file
 from longvideo.convert.sniff import describe, identify
 from longvideo.errors import UserError
+from longvideo.models.weights import umask_modes
 
 SOURCE = "ExVideo-SVD extension"
 # DiffSynth's SVDUNet is a flat list of blocks; its 16 TemporalAttentionBlocks sit at these indices, in
@@ -265,12 +266,12 @@ def convert_exvideo_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def read_extension(path: str | Path) -> dict[str, Tensor]:
     """A converted extension folder, a folder with the release file, or the file itself."""
-    p = Path(path)
+    p = root = Path(path)
     if p.is_dir():
         p = p / "exvideo.safetensors" if (p / "exvideo.safetensors").is_file() else weights_file(p)
     elif not p.is_file():
         raise UserError(f"{p}: no such file or folder")
-    return read_state_dict(p)
+    return read_state_dict(p, root if root.is_dir() else p.parent)
 
 
 def check_against_svd(sd: dict[str, Tensor]) -> int:
@@ -291,6 +292,7 @@ def write_extension(sd: dict[str, Tensor], folder: Path, source: str) -> dict:
     frames = check_against_svd(sd)
     save_file({k: v.contiguous() for k, v in sd.items()}, folder / "exvideo.safetensors",
               metadata={"format": "pt", "component": "exvideo-svd"})  # fmt: skip
+    umask_modes(folder / "exvideo.safetensors")  # safetensors writes 0600
     info = {
         "format": "exvideo-svd",
         "source": source,

@@ -35,7 +35,6 @@ proj_attn are accepted). Our module paths resolve to their parameters through `.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -232,13 +231,13 @@ def inflate_state_dict(sd2d: dict[str, Tensor], cfg: VAEConfig) -> dict[str, Ten
 
 
 def _read_folder(folder: Path) -> tuple[dict, dict[str, Tensor]]:
-    from safetensors.torch import load_file
+    from longvideo.models.weights import read_json, read_weights
 
     cfg_path, weights = folder / "config.json", folder / "diffusion_pytorch_model.safetensors"
     for p in (cfg_path, weights):
         if not p.is_file():
             raise FileNotFoundError(f"{p} not found (expected a diffusers AutoencoderKL folder)")
-    return json.loads(cfg_path.read_text()), load_file(str(weights))
+    return read_json(cfg_path, root=folder), read_weights(weights, root=folder)
 
 
 def _identity_quant_convs(config: dict, sd: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -1,20 +1,26 @@
 """Write a converted source as our pipeline folder, or hand its parts to `VideoPipeline.from_pretrained`.
 
-    longvideo convert --from FORMAT SRC DST [--vae DIR] [--text-encoder DIR]
+    longvideo convert --from FORMAT SRC DST [--vae DIR] [--text-encoder DIR] [--overwrite]
 
 DST gets the layout of pipelines/folder.py: transformer/ always; vae/ when the source (or --vae) has a VAE
-we convert; text_encoder/ + tokenizer/ copied as they are when the source (or --text-encoder) has them;
+we convert; text_encoder/ + tokenizer/ when the source (or --text-encoder) has them: their files that
+transformers loads (models/text.py `model_files`, `tokenizer_files`), copied as they are, each confined to
+the folder named and no more readable than the source's (models/weights.py `copy_file`);
 scheduler/config.json with the seed's settings; model_index.json last. A part that cannot be written is
 named in model_index.json's `_missing` (with what to add) and in the printed summary; such a folder holds
 what converted but does not load as a VideoPipeline until the part is added. For `exvideo-svd`, DST gets
 the extension in diffusers' names instead (exvideo_svd.py). Nothing here imports pipelines/ (which imports
 this module to load a source folder): the folder primitives come from models/weights.py.
+
+DST is written beside itself under a temporary name and renamed into place when complete (`AtomicFolder`):
+a DST that is, holds or lies inside SRC (or --vae / --text-encoder) is refused, and so is an existing
+non-empty DST unless `overwrite` (and then only one that a convert wrote); a killed run's leftovers are
+swept by the next.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 
 import torch
@@ -22,9 +28,16 @@ import torch
 from longvideo import __version__
 from longvideo.convert import sources as S
 from longvideo.errors import UserError
-from longvideo.models.text import TextEncoder, TextEncoderConfig
+from longvideo.models.text import TextEncoder, TextEncoderConfig, model_files, tokenizer_files
 from longvideo.models.vae.io import save_vae
-from longvideo.models.weights import FORMAT, AtomicFolder, count_params, save_component, write_json
+from longvideo.models.weights import (
+    FORMAT,
+    AtomicFolder,
+    copy_file,
+    count_params,
+    save_component,
+    write_json,
+)
 
 
 def convert_source(
@@ -34,15 +47,21 @@ def convert_source(
     *,
     vae: str | Path | None = None,
     text_encoder: str | Path | None = None,
+    overwrite: bool = False,
 ) -> dict:
-    """Convert SRC (a source folder or weights file) of format `fmt_name` into the folder DST; a summary."""
+    """Convert SRC (a source folder or weights file) of format `fmt_name` into the folder DST; a summary.
+    An existing non-empty DST is replaced only with `overwrite` (and only a folder a convert wrote)."""
     src = Path(src)
     if not src.exists():
         raise UserError(f"{src}: no such file or folder")
+    for extra, flag in ((vae, "--vae"), (text_encoder, "--text-encoder")):
+        if extra is not None and not Path(extra).exists():
+            raise UserError(f"{flag} {extra}: no such file or folder")
     if fmt_name == "exvideo-svd":
-        return _convert_exvideo(src, Path(dst))
+        return _convert_exvideo(src, Path(dst), overwrite)
     fmt = S.get_format(fmt_name)
-    with AtomicFolder(dst) as tmp:  # checks DST first; removed again if anything below fails
+    inputs = (src, vae, text_encoder)
+    with AtomicFolder(dst, overwrite=overwrite, inputs=inputs) as tmp:  # checks DST first; removed on failure
         transformer, raw = S.read_transformer(fmt, src)
         save_component(transformer, tmp / "transformer", "transformer")
         params, name = count_params(transformer), type(transformer).__name__
@@ -94,15 +113,15 @@ def _missing(fmt: S.SourceFormat, has_vae: bool, has_text: bool) -> dict[str, st
 
 
 def _copy_text_encoder(text: tuple[Path, Path], tmp: Path, fmt: S.SourceFormat) -> dict:
-    """Copy the text encoder and tokenizer folders; their model_index.json entries."""
+    """Copy the text encoder's and the tokenizer's files (only those transformers loads, checked as loading
+    checks them); their model_index.json entries."""
     from longvideo.convert.files import read_config
 
-    model_dir, tok_dir = text
-    shutil.copytree(model_dir, tmp / "text_encoder")
-    if tok_dir.resolve() != model_dir.resolve():
-        shutil.copytree(tok_dir, tmp / "tokenizer")
-    else:  # one folder holds both: the tokenizer files go to tokenizer/ too
-        shutil.copytree(model_dir, tmp / "tokenizer", ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    model_dir, tok_dir = text  # each already confined to the folder the user named (resolve_folders)
+    for folder, files, out in ((model_dir, model_files(model_dir), "text_encoder"),
+                               (tok_dir, tokenizer_files(tok_dir), "tokenizer")):  # fmt: skip
+        for name in files:
+            copy_file(folder / name, folder, tmp / out / name)
     cfg = read_config(model_dir / "config.json")
     arch = (cfg.get("architectures") or [cfg.get("model_type", "AutoModel")])[0]
     te = TextEncoderConfig(max_length=fmt.text_max_length)
@@ -113,11 +132,14 @@ def _copy_text_encoder(text: tuple[Path, Path], tmp: Path, fmt: S.SourceFormat) 
     }
 
 
-def _convert_exvideo(src: Path, dst: Path) -> dict:
+def _convert_exvideo(src: Path, dst: Path, overwrite: bool) -> dict:
     from longvideo.convert import exvideo_svd as ex
 
-    sd = ex.convert_exvideo_state_dict(ex.read_extension(src))
-    with AtomicFolder(dst) as tmp:
+    out = AtomicFolder(
+        dst, overwrite=overwrite, inputs=[src], marker="exvideo.json", kind="converted extension"
+    )
+    with out as tmp:  # DST is checked before anything is read
+        sd = ex.convert_exvideo_state_dict(ex.read_extension(src))
         info = ex.write_extension(sd, tmp, str(src))
     return {"output": str(dst), **info}
 

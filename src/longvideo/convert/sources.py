@@ -28,13 +28,21 @@ from torch import Tensor
 
 from longvideo.convert import easyanimate_dit, osp_dit, vchitect_dit
 from longvideo.convert.dit_keymap import KeyMap, load_dit
-from longvideo.convert.files import component_dir, locate, read_config, read_state_dict, weights_file
+from longvideo.convert.files import (
+    component_dir,
+    locate,
+    read_config,
+    read_state_dict,
+    source_root,
+    weights_file,
+)
 from longvideo.convert.sniff import FORMATS as NAMES
 from longvideo.convert.sniff import describe, identify, source_format
 from longvideo.diffusion import DiffusionConfig
 from longvideo.errors import UserError
 from longvideo.models.dit import DiTConfig, VideoDiT
 from longvideo.models.vae.model import CausalVAE
+from longvideo.models.weights import confine
 
 LoadVAE = Callable[[dict, dict[str, Tensor], torch.dtype], CausalVAE]
 
@@ -113,7 +121,8 @@ def read_transformer(
 ) -> tuple[VideoDiT, dict]:
     """(our VideoDiT, the source's config.json) of the transformer in a source file or folder."""
     cfg_path, weights = locate(src, "transformer")
-    raw = read_config(cfg_path)
+    root = source_root(src)
+    raw = read_config(cfg_path, root)
     other = source_format(raw)
     if other is not None and other != fmt.name:
         title = FORMATS[other].title if other in FORMATS else other
@@ -123,10 +132,10 @@ def read_transformer(
         what = repr(cls) if cls else "an unknown model"
         raise UserError(f"{cfg_path} is the config of {what}, not of {fmt.title}")
     try:
-        cfg = fmt.dit_config(raw)
-    except UserError as e:
-        raise UserError(f"{cfg_path}: {e}") from None
-    sd = read_state_dict(weights)
+        cfg = fmt.dit_config(raw).validate()  # before the key map: its size grows with num_layers
+    except (UserError, ValueError, TypeError) as e:
+        raise UserError(f"{cfg_path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    sd = read_state_dict(weights, root)
     try:
         return load_dit(cfg, sd, fmt.key_map(cfg), dtype), raw
     except UserError as e:
@@ -140,6 +149,7 @@ def find_vae(fmt: SourceFormat, src: Path, vae: str | Path | None) -> Path | Non
             raise UserError(f"--vae: {fmt.no_vae}")
         return Path(vae)
     if fmt.load_vae is not None and src.is_dir() and (src / "vae" / "config.json").is_file():
+        confine(src / "vae", src)  # then read_vae confines its files to it
         return src / "vae"
     return None
 
@@ -149,8 +159,10 @@ def read_vae(fmt: SourceFormat, folder: Path, dtype: torch.dtype = torch.float32
     d = component_dir(folder, "vae") if folder.is_dir() else folder.parent
     if d is None:
         raise UserError(f"{folder}: no vae/config.json or config.json (not a VAE folder)")
+    root = source_root(folder)
+    confine(d, root)  # before it is listed
     weights = weights_file(d) if folder.is_dir() else folder
-    raw, sd = read_config(d / "config.json"), read_state_dict(weights)
+    raw, sd = read_config(d / "config.json", root), read_state_dict(weights, root)
     found = identify(sd)
     if found is not None and found[0] != fmt.vae_kind:
         raise UserError(f"{weights}: the checkpoint holds {describe(found)}, not {fmt.vae_kind}")
@@ -203,12 +215,12 @@ def detect(path: str | Path) -> str | None:
     try:
         if not p.is_dir():
             return None
-        if (p / "model_index.json").is_file() and read_config(p / "model_index.json").get(
+        if (p / "model_index.json").is_file() and read_config(p / "model_index.json", p).get(
             "_class_name"
         ) == "VideoPipeline":
             return None
         d = component_dir(p, "transformer")
-        return None if d is None else source_format(read_config(d / "config.json"))
+        return None if d is None else source_format(read_config(d / "config.json", p))
     except (UserError, OSError):
         return None
 

@@ -10,7 +10,7 @@ A bundled name (`BUNDLED`: `shapes`) is a folder inside the package, `longvideo/
 resolve here, not in models/ (`resolve_pipeline`, `resolve_component`, `load_vae`). The VAE and the
 transformer load one way (models/weights.py): built on the meta device, checked, `load_state_dict(
 assign=True)`. A seed's source folder loads too, converted in memory by convert/output.py (which imports
-nothing from here).
+nothing from here). A folder is untrusted: every file read resolves inside the folder named (`confine`).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from longvideo.models.vae.model import CausalVAE
 from longvideo.models.weights import (
     FORMAT,
     AtomicFolder,
+    confine,
     from_dict,
     load_component,
     read_json,
@@ -70,6 +71,7 @@ def resolve_component(name_or_path: str | os.PathLike[str], component: str) -> P
     if str(name_or_path) in BUNDLED and not p.exists():
         p = ASSETS / str(name_or_path)
     if (p / component / "config.json").is_file():
+        confine(p / component, p)  # its files are then confined to it
         return p / component
     if (p / "config.json").is_file():
         return p
@@ -100,19 +102,27 @@ def load_parts(
     if source is not None:
         return source
     root = resolve_pipeline(path_or_name)
-    index = read_json(root / "model_index.json")
-    if index.get("_class_name") != class_name or not isinstance(index.get("_format"), int):
+    index = read_json(root / "model_index.json", root=root)
+    fmt = index.get("_format")
+    if index.get("_class_name") != class_name or not isinstance(fmt, int) or isinstance(fmt, bool):
         raise UserError(f"{root / 'model_index.json'}: not a {class_name} folder")
-    if index["_format"] > FORMAT:
-        raise UserError(f"{root}: pipeline format {index['_format']} is newer than this version reads")
+    if fmt > FORMAT:
+        raise UserError(f"{root}: pipeline format {fmt} is newer than this version reads")
+    te = index.get("text_encoder_config", {})
+    if not isinstance(te, dict):
+        raise UserError(f"{root / 'model_index.json'}: text_encoder_config must be a JSON object")
+    te_cfg = from_dict(
+        TextEncoderConfig, {**te, "path": str(root)}, f"{root / 'model_index.json'} text_encoder_config"
+    )
+    for part in ("vae", "transformer", "scheduler"):
+        confine(root / part, root)  # a component folder linked out of the pipeline folder is refused
+    sched_file = root / "scheduler" / "config.json"
+    sched = read_json(sched_file, root=root)
     vae = load_vae_folder(root / "vae", dtype)
     transformer = load_transformer(root / "transformer", dtype=dtype)
-    te = {**index.get("text_encoder_config", {}), "path": str(root)}
-    te_cfg = from_dict(TextEncoderConfig, te, f"{root / 'model_index.json'} text_encoder_config")
     with _no_transformers_progress():
         text_encoder = TextEncoder.from_pretrained(root, cfg=te_cfg)
-    sched_file = root / "scheduler" / "config.json"
-    return vae, transformer, text_encoder, read_json(sched_file), str(sched_file)
+    return vae, transformer, text_encoder, sched, str(sched_file)
 
 
 @contextlib.contextmanager
@@ -150,7 +160,7 @@ def save_parts(
         "scheduler": ["longvideo", "DiffusionConfig"],
         "text_encoder_config": te_cfg,  # max_length etc.: transformers' config.json has no place for them
     }
-    with AtomicFolder(folder) as tmp:
+    with AtomicFolder(folder, overwrite=True) as tmp:  # replaces a pipeline folder, never other files
         save_vae(vae, tmp / "vae")
         save_transformer(transformer, tmp / "transformer")
         with _no_transformers_progress():
