@@ -11,6 +11,7 @@ import time
 
 import torch
 
+from longvideo import limits
 from longvideo.data.shapes import ShapesConfig, sample_video, video_rng
 from longvideo.errors import UserError
 from longvideo.models.vae.layers import StreamState
@@ -33,6 +34,20 @@ def bench_vae(
         raise UserError(f"--frames must be 1 + a multiple of {f} (e.g. 33, 65, 1025), got {frames}")
     if height % s or width % s or height < 48 or width < 48:
         raise UserError(f"--height/--width must be multiples of {s} and >= 48, got {height}x{width}")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device!r}: expected cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: torch sees no CUDA device here")
+    if stream and latent_chunk < 1:
+        raise UserError(f"a streamed bench needs latent_chunk >= 1, got {latent_chunk}")
+    clip_frames = min(frames, 1 + latent_chunk * f) if stream else frames  # the largest chunk at once
+    what = f"bench vae on {clip_frames} frames of {height}x{width} at once"
+    mend = "use a smaller --height/--width" + (" or --chunk" if stream else ", or stream with --chunk K")
+    limits.check_fits(limits.vae_bytes(vae.cfg, clip_frames, height, width, dtype.itemsize), what, dev, mend)
+    pixels = clip_frames * height * width * 3 * 9  # the uint8 render and two float copies, on the CPU
+    limits.check_fits(pixels, what, "cpu", mend)
     video = sample_video(ShapesConfig(height=height, width=width), video_rng(0, 0))
     vae = vae.to(device=device, dtype=dtype)
 

@@ -99,11 +99,26 @@ def save_config(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
+MAX_CONFIG_BYTES = 1 << 24  # 16 MiB: a config is a page of key: value lines, not a data file
+
+
 def _read_yaml(path: Path):
+    if path.is_dir():
+        raise UserError(f"config file {path} is a folder: give a YAML file")
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     try:
-        data = yaml.load(path.read_text(), Loader=_Loader)
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise UserError(f"config file {path} is over {MAX_CONFIG_BYTES >> 20} MiB: not a YAML config")
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(
+            f"config file {path} is not text (binary data: a video?): give a YAML file of key: value pairs"
+        ) from None
+    except OSError as e:
+        raise UserError(f"cannot read config file {path}: {e.strerror or e}") from None
+    try:
+        data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:
         raise UserError(f"config file {path} is not valid YAML: {_one_line(e)}") from None
     if data is None:

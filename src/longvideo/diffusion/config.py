@@ -36,6 +36,17 @@ class DiffusionConfig:
     min_snr_gamma: float | None = None  # Hang et al. 2023 min-SNR-gamma loss weighting (5.0 in OSP)
 
     def validate(self) -> DiffusionConfig:
+        from longvideo import limits
+
+        try:
+            limits.check_types(self)  # numbers finite: a NaN beta or shift gives a NaN schedule
+        except UserError as e:
+            raise UserError(f"diffusion: {e}") from None
+        if self.num_train_timesteps > limits.MAX_TIMESTEPS:
+            raise UserError(
+                f"diffusion: num_train_timesteps must be <= {limits.MAX_TIMESTEPS:,} (the seeds use 1000), "
+                f"got {self.num_train_timesteps:,}"
+            )
         _one_of("objective", self.objective, OBJECTIVES)
         _one_of("schedule", self.schedule, SCHEDULES)
         _one_of("timestep_sampling", self.timestep_sampling, TIMESTEP_SAMPLING)

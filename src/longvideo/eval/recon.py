@@ -6,8 +6,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from longvideo import limits
 from longvideo.data.shapes import ShapesConfig, sample_video, video_rng
 from longvideo.data.video_io import to_uint8_frames
+from longvideo.errors import UserError
 from longvideo.eval.metrics import psnr, ssim
 from longvideo.eval.shapes import BY_EXPECTED, evaluate, summarise
 from longvideo.models.vae.model import CausalVAE, split_frames
@@ -31,6 +33,7 @@ def shapes_recon(
     attribute): what a generator on this VAE's latents can score at best.
     """
     cfg = ShapesConfig(include_held_out=True)
+    _check_memory(vae, cfg, frames, latent_chunk, judge)
     p, s, judged = [], [], []
     for i in tqdm(range(num), desc="recon", unit="video", disable=not progress):
         video = sample_video(cfg, video_rng(seed, i))
@@ -56,3 +59,21 @@ def shapes_recon(
         s = summarise(judged)
         out["judged"] = s["all"] | {k: s[k] for k in BY_EXPECTED}
     return out
+
+
+def _check_memory(vae: CausalVAE, cfg: ShapesConfig, frames: int, latent_chunk: int, judge: bool) -> None:
+    """Refuse what cannot fit: each video is held whole (input and reconstruction, float32, and its
+    uint8 render), and the VAE sees one chunk of 1 + chunk * f frames at a time (or the whole clip)."""
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
+        raise UserError(f"frames must be an integer >= 1, got {frames!r}")
+    pixels = frames * cfg.height * cfg.width * 3
+    need = pixels * (4 + 4 + 1 + (1 if judge else 0))
+    where = "cpu"
+    if isinstance(vae, CausalVAE):  # (a stand-in with encode / decode only adds nothing)
+        f = vae.cfg.temporal_factor
+        chunk = min(frames, 1 + latent_chunk * f) if latent_chunk > 0 else frames
+        weight = next(vae.parameters())
+        need += limits.vae_bytes(vae.cfg, chunk, cfg.height, cfg.width, weight.dtype.itemsize)
+        where = weight.device
+    mend = "use fewer --frames" + ("" if latent_chunk > 0 else ", or stream with --chunk K")
+    limits.check_fits(need, f"eval recon on videos of {frames:,} frames", where, mend)

@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
+from longvideo import limits
 from longvideo.diffusion import get_sampler
 from longvideo.errors import UserError
 from longvideo.pipelines.inputs import (
     check_size,
+    decoder_streams,
     fit,
     fit_video,
     generated_frames,
@@ -92,6 +94,7 @@ class GenerationRequest:
             )
         frames = d.frames if self.frames is None else self.frames
         generated = generated_frames(frames, f, tp)
+        limits.check_count("frames", frames, 1, limits.MAX_FRAMES, "one command's video: make it in parts")
         window = (d.window or d.frames) if self.window is None else self.window
         window_frames = generated_frames(window, f, tp, what="window")
         latent, latent_window = (generated - 1) // f + 1, (window_frames - 1) // f + 1
@@ -109,14 +112,16 @@ class GenerationRequest:
         steps = d.steps if self.steps is None else self.steps
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise UserError(f"steps must be an integer >= 1, got {steps!r}")
-        guidance = float(d.guidance if self.guidance is None else self.guidance)
+        limits.check_count("steps", steps, 1, limits.MAX_STEPS, "samplers converge in tens of steps")
+        guidance = limits.check_finite("guidance", d.guidance if self.guidance is None else self.guidance)
         if not guidance >= 1.0:
             raise UserError(f"guidance must be >= 1 (1 turns classifier-free guidance off), got {guidance}")
         seed = self.seed
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise UserError(f"seed must be an integer >= 0, got {seed!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= limits.MAX_SEED:
+            raise UserError(f"seed must be an integer in 0..2**64-1, got {seed!r}")
         sampler = d.sampler if self.sampler is None else self.sampler
         get_sampler(sampler)
+        _check_memory(pipe, plan, height, width, guidance, generated)
         pixels = None
         if image is not None:
             pixels = fit(image_to_tensor(image), height, width)[:, :, None]  # (1, 3, 1, H, W)
@@ -153,6 +158,26 @@ class ResolvedRequest:
     sampler: str
     known: Tensor | None  # (1, 3, T0, H, W) pixels of the known first frames; None for T2V
     plan: WindowPlan  # latent frames: the whole video, per window, carried from window to window
+
+
+def _check_memory(pipe: VideoPipeline, plan: WindowPlan, height: int, width: int, guidance: float,
+                  generated: int) -> None:  # fmt: skip
+    """Refuse a request whose one window (or whole video, for a VAE that cannot decode as a stream) cannot
+    fit the pipeline's device (limits.py: the estimate)."""
+    vcfg = pipe.vae.cfg
+    streams = decoder_streams(vcfg)
+    decode_frames = 4 * vcfg.temporal_factor if streams else generated  # decode_chunk 4 latent frames
+    window = min(plan.window, plan.total)
+    dit_dtype = next(pipe.transformer.parameters()).dtype
+    vae_dtype = next(pipe.vae.parameters()).dtype
+    need = limits.generation_bytes(pipe.transformer.cfg, vcfg, window, height, width, guidance,
+                                   dit_dtype.itemsize, vae_dtype.itemsize, decode_frames)  # fmt: skip
+    what = f"a {height}x{width} window of {(window - 1) * vcfg.temporal_factor + 1} frames"
+    mend = "ask for a smaller height/width or window"
+    if not streams:
+        what = f"a {height}x{width} video of {generated} frames (this VAE decodes the whole video at once)"
+        mend = "ask for fewer frames or a smaller height/width"
+    limits.check_fits(need, what, pipe.device, mend)
 
 
 def as_request(request: GenerationRequest | str, options: dict[str, Any]) -> GenerationRequest:

@@ -40,12 +40,24 @@ class DiTDataConfig:
     image_every: int = 0  # every n-th step trains on images (latent frame 0 of the clips); 0 = never
 
     def validate(self) -> DiTDataConfig:
+        from pathlib import Path
+
+        from longvideo import limits
+
         if self.source not in ("shapes", "manifest"):
             raise UserError(f"data.source must be 'shapes' or 'manifest', got {self.source!r}")
         if self.source == "manifest" and not self.manifest:
             raise UserError("data.source 'manifest' needs data.manifest (a manifest.jsonl)")
         if self.num_videos < 1 or self.image_every < 0:
             raise UserError("data.num_videos must be >= 1 and data.image_every >= 0")
+        if self.cache and Path(self.cache).exists() and not Path(self.cache).is_dir():
+            raise UserError(f"data.cache={self.cache} is a file: give a folder for the latent cache")
+        limits.check_types(self)
+        if not self.fps >= 0:
+            raise UserError(f"data.fps must be >= 0 (0 = native), got {self.fps}")
+        for b in self.buckets:
+            if len(b) != 3 or min(b) < 1:
+                raise UserError(f"data.buckets are [frames, height, width] lists of positive sizes, got {b}")
         return self
 
 
@@ -110,8 +122,15 @@ class DiTTrainConfig:
     export: str = ""  # write the EMA model as a pipeline folder here at the end
 
     def validate(self) -> DiTTrainConfig:
+        from longvideo import limits
+
         if self.task != "dit":
             raise UserError(f"task {self.task!r}: this trainer handles task 'dit'")
+        limits.check_types(self)  # first: numbers finite (NaN passes the range checks below)
+        try:
+            limits.check_types(self.defaults)  # written into the export: a NaN fps breaks every generate
+        except UserError as e:
+            raise UserError(f"defaults.{e}") from None
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise UserError("steps, batch_size and grad_accum must be >= 1")
         if self.mixed_precision not in PRECISIONS:
@@ -128,6 +147,15 @@ class DiTTrainConfig:
             raise UserError(f"cond_noise must be a diffusion time in [0, 1), got {self.cond_noise}")
         if self.salient_boost < 0 or self.salient_ratio <= 0:
             raise UserError("salient_boost must be >= 0 and salient_ratio > 0")
+        limits.check_optim(self)
+        if not 1 <= self.text_max_length <= 4096:
+            raise UserError(f"text_max_length must be in 1..4096 tokens, got {self.text_max_length}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise UserError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise UserError("device=cuda, but torch sees no CUDA device here: use device=cpu (or auto)")
+        limits.check_folder("out", self.out)
+        limits.check_folder("export", self.export)
         self.data.validate()
         self.lora.validate()
         self.extend.validate()
@@ -136,4 +164,5 @@ class DiTTrainConfig:
         self.model.validate()
         self.diffusion.validate()
         self.defaults.validate()
+        limits.check_dit_training(self)  # last: on a valid config
         return self

@@ -22,6 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -78,11 +79,15 @@ def build_latent_cache(
     if n < 1 or shard_size < 1 or batch < 1:
         raise UserError("latent cache: n, shard_size and batch must be >= 1")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(
+            f"latent cache {out} is a file, not a folder: give a folder (it is created if missing)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     info = cache_identity(vae, source) | {"n": n, "shard_size": shard_size}
     meta = out / "cache.json"
     if meta.exists():
-        old = json.loads(meta.read_text())
+        old = _read_info(meta)
         if old.get("format") != CACHE_FORMAT:
             raise UserError(f"{out} holds a latent cache of an older format (no encoder digest): rebuild it")
         if old | {"n": n} != info:
@@ -143,13 +148,13 @@ class LatentCache(torch.utils.data.Dataset):
         meta = folder / "cache.json"
         if not meta.is_file():
             raise UserError(f"no latent cache at {str(folder)!r} (expected cache.json)")
-        info = json.loads(meta.read_text())
+        info = _read_info(meta)
         files = sorted(folder.glob("shard_*.safetensors"))
         expected = (info["n"] + info["shard_size"] - 1) // info["shard_size"]
         if len(files) != expected:
             raise UserError(f"latent cache {folder} is incomplete: {len(files)} of {expected} shards")
         self.info = info
-        self.latents = torch.cat([load_file(str(f))["latents"] for f in files])
+        self.latents = torch.cat([_read_shard(f) for f in files])
         self.rows: list[dict] = []
         for f in files:
             self.rows += [json.loads(line) for line in f.with_suffix(".jsonl").read_text().splitlines()]
@@ -169,6 +174,34 @@ class LatentCache(torch.utils.data.Dataset):
 
     def captions(self) -> Sequence[str]:
         return [r["caption"] for r in self.rows]
+
+
+def _read_info(meta: Path) -> dict:
+    """cache.json, checked: a file that is not a cache's is a UserError naming it, not a KeyError."""
+    try:
+        info = json.loads(meta.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(
+            f"{meta} is corrupt ({type(e).__name__}): remove the cache folder to rebuild it"
+        ) from None
+    ok = isinstance(info, dict) and all(
+        isinstance(info.get(k), int) and not isinstance(info.get(k), bool) and info[k] >= 1
+        for k in ("n", "shard_size")
+    )
+    if not ok:
+        raise UserError(
+            f"{meta} is not a latent cache's (no n / shard_size): remove the folder to rebuild it"
+        )
+    return info
+
+
+def _read_shard(path: Path) -> torch.Tensor:
+    try:
+        return load_file(str(path))["latents"]
+    except (OSError, KeyError, SafetensorError) as e:
+        raise UserError(
+            f"latent cache shard {path} is corrupt ({type(e).__name__}): delete it to re-encode it"
+        ) from None
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

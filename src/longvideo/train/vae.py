@@ -88,8 +88,20 @@ class VAETrainConfig:
     export_dtype: str = "float32"
 
     def validate(self) -> VAETrainConfig:
+        from longvideo import limits
+
         if self.task != "vae":
             raise UserError(f"task {self.task!r}: this trainer handles task 'vae'")
+        limits.check_types(self)  # first: numbers finite (NaN passes the range checks below)
+        if min(self.kl_weight, self.mse_weight, self.lpips_weight, self.gan_weight) < 0:
+            raise UserError("kl_weight, mse_weight, lpips_weight and gan_weight must be >= 0")
+        if not self.disc_lr > 0:
+            raise UserError(f"disc_lr must be > 0, got {self.disc_lr}")
+        limits.check_optim(self)
+        if self.gan_start < -1 or self.image_every < 0 or self.max_start_frame < 1:
+            raise UserError("gan_start must be >= -1 (-1 = never), image_every >= 0 and max_start_frame >= 1")
+        limits.check_folder("out", self.out)
+        limits.check_folder("export", self.export)
         if self.video_frames < 1 or (self.video_frames - 1) % self.model.temporal_factor:
             raise UserError(f"video_frames must be 1 + a multiple of {self.model.temporal_factor}")
         if self.salient_boost < 0 or self.salient_ratio <= 0 or self.salient_dilate < 0:
@@ -100,6 +112,8 @@ class VAETrainConfig:
             raise UserError("steps, batch_size and image_batch_size must be >= 1")
         if self.export_dtype not in ("float32", "bfloat16", "float16"):
             raise UserError(f"export_dtype must be float32, bfloat16 or float16, got {self.export_dtype!r}")
+        self.model.validate()
+        limits.check_vae_training(self)  # last: on a valid config
         return self
 
 

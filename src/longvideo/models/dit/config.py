@@ -101,9 +101,28 @@ class DiTConfig:
             if not ok:
                 raise ValueError(f"DiTConfig: {msg}")
 
+        from longvideo import limits
+
+        try:
+            limits.check_types(self)
+        except ValueError as e:
+            need(False, str(e))
         need(self.family in FAMILIES, f"family {self.family!r} not in {FAMILIES}")
         sizes = (self.in_channels, self.num_layers, self.num_heads, self.head_dim, self.text_dim)
         need(min(sizes) > 0 and self.ff_mult > 0, "channels, layers, heads, head_dim and ff_mult must be > 0")
+        cap = f"{limits.MAX_LAYERS} (video DiTs have 28-60)"
+        need(self.num_layers <= limits.MAX_LAYERS, f"num_layers {self.num_layers} is more than {cap}")
+        need(self.motion_layers <= limits.MAX_SUBLAYERS, f"motion_layers is more than {limits.MAX_SUBLAYERS}")
+        counts = (self.cond_channels, self.pooled_dim, self.pos_embed_max, self.rope_riflex_k)
+        counts += (self.rope_riflex_frames, self.temporal_pos_table)
+        need(min(counts) >= 0, "cond_channels, pooled_dim, pos_embed_max and rope_riflex_* must be >= 0")
+        need(self.pos_embed_max <= 4096, "pos_embed_max is a table side in patches: at most 4096")
+        need(self.freq_dim > 0 and self.freq_dim % 2 == 0, "freq_dim must be even and > 0")
+        need(self.pos_embed_base > 0 and self.motion_heads > 0 and self.motion_norm_groups > 0,
+             "pos_embed_base, motion_heads and motion_norm_groups must be > 0")  # fmt: skip
+        scales = (self.norm_eps, self.pos_embed_interp, self.rope_theta, self.temporal_rope_theta,
+                  self.temporal_rope_scale, *self.rope_scale)  # fmt: skip
+        need(min(scales) > 0, "norm_eps, pos_embed_interp, rope thetas and rope scales must be > 0")
         need(len(self.patch_size) == 3 and min(self.patch_size) >= 1, "patch_size is (t, h, w), each >= 1")
         need(self.caption_proj in ("mlp", "linear"), "caption_proj is 'mlp' or 'linear'")
         need(self.adaln in ("single", "zero"), "adaln is 'single' or 'zero'")

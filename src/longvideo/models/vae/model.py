@@ -93,10 +93,24 @@ class VAEConfig:
     latents_std: list[float] = field(default_factory=list)
 
     def validate(self) -> VAEConfig:
+        from longvideo import limits
+
+        limits.check_types(self)  # a UserError is a ValueError
         n = len(self.channel_mult)
         sizes = (self.in_channels, self.latent_channels, self.base_channels, self.num_res_blocks, n)
         if min(sizes) < 1 or min(self.channel_mult) < 1:
             raise ValueError("channel counts, channel_mult and num_res_blocks must be >= 1")
+        if self.num_res_blocks > limits.MAX_SUBLAYERS or n > limits.MAX_LEVELS:
+            raise ValueError(
+                f"num_res_blocks must be <= {limits.MAX_SUBLAYERS} and channel_mult have <= "
+                f"{limits.MAX_LEVELS} levels (VAEs have 2-3 blocks, 4 levels), got {self.num_res_blocks}, {n}"
+            )
+        kinds = {self.encoder_conv_in, *self.encoder_blocks, *self.decoder_blocks}
+        if not kinds <= {"2d", "3d"}:
+            bad = sorted(kinds - {"2d", "3d"})
+            raise ValueError(f"encoder_conv_in, encoder_blocks and decoder_blocks are 2d or 3d, got {bad}")
+        if not 0 <= self.dropout < 1 or self.scaling_factor <= 0:
+            raise ValueError("dropout must be in [0, 1) and scaling_factor > 0")
         for name in ("encoder_blocks", "decoder_blocks", "down", "up"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"{name} needs one entry per level ({n})")
