@@ -115,7 +115,8 @@ def _load(folder: Path, auto: str, processor: str, device: str):
 
     try:
         proc = getattr(transformers, processor).from_pretrained(folder, local_files_only=True)
-        model = getattr(transformers, auto).from_pretrained(folder, local_files_only=True)
+        load = getattr(transformers, auto).from_pretrained
+        model = load(folder, local_files_only=True, use_safetensors=True)  # safetensors only: no pickles
     except (OSError, ValueError, KeyError) as e:
         msg = " ".join(str(e).split())[:200]
         raise UserError(f"cannot load a model from {folder} with {auto} ({msg})") from None
