@@ -1003,6 +1003,36 @@ def test_curate_merge_bad_shards(box, assets, kind):
     box.error(["curate", "--merge", *shards, "-o", out])
 
 
+@pytest.fixture(scope="module")
+def pickled_classifier(tmp_path_factory) -> Path:
+    """A tiny transformers image classifier folder whose weights are only a pickle (pytorch_model.bin)."""
+    from transformers import CLIPImageProcessor, ViTConfig, ViTForImageClassification
+
+    folder = tmp_path_factory.mktemp("fuzz-vit") / "vit"
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        small = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+        vit = ViTForImageClassification(
+            ViTConfig(
+                **small, image_size=32, patch_size=8, num_labels=2, id2label={0: "clean", 1: "watermark"}
+            )
+        )
+    vit.config.save_pretrained(folder)
+    torch.save(vit.state_dict(), folder / "pytorch_model.bin")
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        folder
+    )
+    return folder
+
+
+def test_curate_model_plugins_load_no_pickles(box, assets, pickled_classifier):
+    """A curate model step's folder with only pytorch_model.bin: refused (safetensors only), before curate
+    writes anything."""
+    plugin = box.put("vit", pickled_classifier)
+    box.error(curate(box, assets, "--steps", "probe,watermark", "--set", f"plugins.watermark={plugin}"),
+              needle="safetensors")  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- data shapes
 
 DATA_ERRORS = [
