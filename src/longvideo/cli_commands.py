@@ -8,9 +8,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 from typing import TYPE_CHECKING
 
 from longvideo.errors import UserError
+from longvideo.outputs import check_not_input, command_guard, sweep_temps, write_text_atomic
 
 if TYPE_CHECKING:
     from longvideo.pipelines import GenerationRequest
@@ -32,9 +34,13 @@ def generation_request(a: argparse.Namespace) -> GenerationRequest:
     return GenerationRequest(**options)
 
 
+@command_guard()  # SIGTERM removes temp files; bars end before an error line
 def cmd_generate(a: argparse.Namespace) -> None:
     from longvideo.pipelines import VideoPipeline
 
+    check_not_input(a.output, "-o", {"the --image file": getattr(a, "image", None)})
+    out = os.path.abspath(a.output)
+    sweep_temps(os.path.dirname(out), name=os.path.basename(out))  # what a killed run left
     request = generation_request(a)  # before the model loads: a bad --image fails at once
     pipe = VideoPipeline.from_pretrained(a.model)
     print(json.dumps(pipe.generate_to_file(a.output, request)))
@@ -82,6 +88,7 @@ def cmd_train(a: argparse.Namespace) -> None:
     print(json.dumps(VAETrainer(cfg).fit()))
 
 
+@command_guard()  # SIGTERM removes temp files; bars end before an error line
 def cmd_curate(a: argparse.Namespace) -> None:
     if a.merge:
         from longvideo.curate.manifest import merge
@@ -106,9 +113,13 @@ def cmd_curate(a: argparse.Namespace) -> None:
 def cmd_convert(a: argparse.Namespace) -> None:
     from longvideo.convert.output import convert_source
 
-    print(json.dumps(convert_source(a.source_format, a.src, a.dst, vae=a.vae, text_encoder=a.text_encoder)))
+    summary = convert_source(
+        a.source_format, a.src, a.dst, vae=a.vae, text_encoder=a.text_encoder, overwrite=a.overwrite
+    )
+    print(json.dumps(summary))
 
 
+@command_guard()  # SIGTERM removes temp files; bars end before an error line
 def cmd_data_shapes(a: argparse.Namespace) -> None:
     from longvideo.data.shapes import ShapesConfig
     from longvideo.data.shapes_dataset import write_shapes_dataset
@@ -128,6 +139,7 @@ def cmd_data_shapes(a: argparse.Namespace) -> None:
     print(json.dumps(summary))
 
 
+@command_guard()  # SIGTERM removes temp files; bars end before an error line
 def cmd_eval_shapes(a: argparse.Namespace) -> None:
     from longvideo.eval.shapes import evaluate, evaluate_manifest, summarise
 
@@ -140,11 +152,20 @@ def cmd_eval_shapes(a: argparse.Namespace) -> None:
         return
     if a.limit is not None and a.limit <= 0:
         raise UserError(f"--limit must be > 0, got {a.limit}")
-    results = list(evaluate_manifest(a.manifest, limit=a.limit))
     if a.results:
         from pathlib import Path
 
-        Path(a.results).write_text("".join(json.dumps(r) + "\n" for r in results))
+        from longvideo.eval.shapes import read_manifest
+
+        manifest = Path(a.manifest)
+        videos = {f"the manifest's video {r['path']}": manifest.parent / str(r["path"])
+                  for r in read_manifest(manifest)}  # fmt: skip
+        check_not_input(a.results, "--results", {"the --manifest file": manifest} | videos)
+        if Path(a.results).is_dir() or not Path(a.results).absolute().parent.is_dir():
+            raise UserError(f"--results {a.results}: not a file in an existing folder")
+    results = list(evaluate_manifest(a.manifest, limit=a.limit))
+    if a.results:
+        write_text_atomic(a.results, "".join(json.dumps(r) + "\n" for r in results))
     print(json.dumps(summarise(results), indent=1))
 
 
