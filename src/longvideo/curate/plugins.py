@@ -61,6 +61,12 @@ def _check_spec(step: str, kind: str, spec: str) -> None:
         raise UserError(f"plugins.{kind}: {folder} has no config.json (expected a transformers model folder)")
     if kind == "aesthetic" and not (folder / AESTHETIC_HEAD).is_file():
         raise UserError(f"plugins.aesthetic: {folder} has no {AESTHETIC_HEAD} (the score head)")
+    if not any((folder / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json")):
+        # why here: before the run creates its output folder (the load itself is in the workers)
+        raise UserError(
+            f"plugins.{kind}: {folder} has no model.safetensors (weights are read as safetensors only; "
+            "convert a pytorch_model.bin with transformers' save_pretrained(safe_serialization=True))"
+        )
 
 
 def load_plugin(kind: str, cfg: PluginConfig) -> Callable[[np.ndarray], Any]:
