@@ -1185,7 +1185,11 @@ VAE_HUGE = {
 }
 
 
-@pytest.mark.parametrize("cmd,extra", [(c, e) for c, es in VAE_ERRORS.items() for e in es])
+@pytest.mark.parametrize(
+    "cmd,extra",
+    [(c, e) for c, es in VAE_ERRORS.items() for e in es],
+    ids=lambda v: v if isinstance(v, str) else " ".join(v),
+)
 def test_vae_commands_bad_options(box, assets, cmd, extra):
     box.error(vae_cmd(box, assets, cmd, *extra))
 
@@ -1195,7 +1199,11 @@ def test_bench_vae_cuda_without_cuda(box, assets):
     box.error(vae_cmd(box, assets, "bench", "--device", "cuda"))
 
 
-@pytest.mark.parametrize("cmd,extra", [(c, e) for c, es in VAE_HUGE.items() for e in es])
+@pytest.mark.parametrize(
+    "cmd,extra",
+    [(c, e) for c, es in VAE_HUGE.items() for e in es],
+    ids=lambda v: v if isinstance(v, str) else " ".join(v),
+)
 def test_vae_commands_huge_sizes_are_refused(box, assets, cmd, extra):
     box.error(vae_cmd(box, assets, cmd, *extra), timeout=HUGE_TIMEOUT, memory_gib=3)
 
