@@ -385,7 +385,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     show_tb = "--traceback" in argv
     try:
         a = build_parser().parse_args(argv)
-        a.func(a)
+        from longvideo.outputs import command_guard
+
+        with command_guard():  # every command: SIGTERM unwinds (temp files go), bars end before an error
+            a.func(a)
         return 0
     except UserError as e:
         if show_tb and not isinstance(e, NotBuilt):
