@@ -54,7 +54,8 @@ def test_check_fits_says_what_is_needed_and_what_there_is(monkeypatch):
 def test_estimates_grow_with_the_request():
     vae, dit = vae_preset("tiny"), dit_preset("tiny-full3d")
     one = limits.vae_bytes(vae, 17, 64, 64, 4)
-    assert limits.vae_bytes(vae, 17, 128, 128, 4) == 4 * one and limits.vae_bytes(vae, 34, 64, 64, 4) > one
+    # 4x the pixels: 4x the activations, and the mid attention's matrix grows 16x (tokens squared)
+    assert limits.vae_bytes(vae, 17, 128, 128, 4) > 4 * one and limits.vae_bytes(vae, 34, 64, 64, 4) > one
     w = limits.dit_window_bytes(dit, 9, 8, 8, 1, 4)
     assert 1.9 * w < limits.dit_window_bytes(dit, 9, 8, 8, 2, 4) <= 2 * w
     assert limits.dit_tokens(dit, 9, 8, 8) == 9 * 4 * 4  # patch (1, 2, 2)
@@ -72,7 +73,7 @@ def test_estimates_grow_with_the_request():
         ({"steps": 10**9}, r"steps must be in 1\.\.10,000"),
         (
             {"height": 100_000, "width": 100_000},
-            r"100000x100000 window of 9 frames needs about .* TiB of memory",
+            r"100000x100000 window of 9 frames needs about .* [TP]iB of memory",
         ),
         ({"window": 10**6, "frames": 10**6, "height": 256, "width": 256}, r"window of 1000001 frames needs"),
         ({"seed": 10**30}, r"seed must be an integer in 0\.\.2\*\*64-1"),

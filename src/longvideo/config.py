@@ -121,6 +121,8 @@ def _read_yaml(path: Path):
         data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:
         raise UserError(f"config file {path} is not valid YAML: {_one_line(e)}") from None
+    except RecursionError:
+        raise UserError(f"config file {path} is nested too deeply to be a config") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -239,7 +239,11 @@ def vae_bytes(cfg: VAEConfig, frames: int, height: int, width: int, itemsize: in
             scale *= 2
         if down == "spacetime":
             time = -(-time // 2)
-    return batch * widest * VAE_TENSORS * itemsize
+    attention = 0
+    if cfg.mid_attention:  # at least one attention matrix of the mid block over a latent frame's tokens
+        tokens = -(-height // cfg.spatial_factor) * -(-width // cfg.spatial_factor)
+        attention = tokens * tokens * max(itemsize, 4)
+    return batch * (widest * VAE_TENSORS * itemsize + attention)
 
 
 def generation_bytes(
@@ -315,10 +319,12 @@ def _vae_factors(name_or_path: str) -> tuple[int, int, int] | None:
     import json
 
     from longvideo.models.vae.model import VAEConfig
+    from longvideo.models.weights import regular_file
     from longvideo.pipelines.folder import resolve_component
 
     try:
-        data = json.loads((resolve_component(name_or_path, "vae") / "config.json").read_text())
+        folder = resolve_component(name_or_path, "vae")
+        data = json.loads(regular_file(folder / "config.json", folder).read_text())  # confined to the folder
         cfg = VAEConfig(**data).validate()
     except (UserError, OSError, ValueError, TypeError):
         return None

@@ -391,5 +391,7 @@ def read_manifest(path: Path) -> list[dict]:
             raise UserError(f"{path}:{i}: not valid JSON") from None
         if not isinstance(row, dict) or "path" not in row or "caption" not in row:
             raise UserError(f"{path}:{i}: a row needs 'path' and 'caption'")
+        if not isinstance(row["path"], str) or not row["path"] or not isinstance(row["caption"], str):
+            raise UserError(f"{path}:{i}: 'path' must be a non-empty string and 'caption' a string")
         rows.append(row)
     return rows

@@ -473,6 +473,9 @@ class TextEncoder:
             if not _is_library_failure(e):
                 raise
             raise UserError(f"cannot load the tokenizer in {tok_dir}: {mend(e)}") from None
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # its "Loading weights" bar is noise around our one-line errors
         try:
             model, info = model_cls.from_pretrained(
                 staged_model,

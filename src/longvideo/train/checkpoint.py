@@ -109,6 +109,8 @@ def verify(path: str | Path) -> str | None:
         return f"{MANIFEST} is not valid"
     for name, want in files.items():
         p = path / name
+        if not isinstance(name, str) or "/" in name or name.startswith(".") or p.is_symlink():
+            return f"{name} is not a plain file of the checkpoint (a link or a path out of it)"
         if not p.is_file():
             return f"{name} is missing"
         if p.stat().st_size != want.get("size"):
