@@ -24,6 +24,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import contextlib
+import ctypes
 import json
 import math
 import pickle
@@ -128,6 +129,46 @@ def _temp_of(path: str, output: str) -> bool:
     """A temporary sibling of an output (`.NAME.tmp-PID`, `.NAME.tmp`)."""
     d, name = os.path.split(output)
     return os.path.dirname(path) == d and os.path.basename(path).startswith(f".{name}")
+
+
+_IN_ACCESS, _IN_OPEN = 0x1, 0x20
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _Opens:
+    """What any code of any process (native readers too: safetensors, tokenizers, FFmpeg, which the audit
+    hook does not see) opens or reads under some folders, through inotify."""
+
+    def __init__(self, *roots: Path):
+        self.dirs: dict[int, str] = {}
+        self.fd = _libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1 (raise fs.inotify.max_user_instances?)")
+        folders = [d for root in roots for d, _, _ in os.walk(root)]  # listed first: the walk opens them
+        for d in folders:
+            wd = _libc.inotify_add_watch(self.fd, os.fsencode(d), _IN_OPEN | _IN_ACCESS)
+            if wd >= 0:
+                self.dirs[wd] = d
+
+    def read(self) -> list[str]:
+        data = b""
+        while True:
+            try:
+                chunk = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            data += chunk
+        os.close(self.fd)
+        paths, i = [], 0
+        while i + 16 <= len(data):
+            wd, _, _, n = struct.unpack_from("iIII", data, i)
+            name = data[i + 16 : i + 16 + n].split(b"\0", 1)[0].decode(errors="replace")
+            i += 16 + n
+            if wd in self.dirs:
+                paths.append(os.path.join(self.dirs[wd], name) if name else self.dirs[wd])
+        return sorted(set(paths))
 
 
 class _Timeout(BaseException):
@@ -248,6 +289,7 @@ class Box:
         global _record
         argv = [str(a) for a in argv]
         self.capfd.readouterr()
+        opens = _Opens(self.outside, self.cwd)
         _record = []
         try:
             with _limits(timeout, memory_gib):
@@ -260,23 +302,29 @@ class Box:
             code = "MemoryError escaped main()"
         finally:
             events, _record = _record, None
+        events += [("read", p) for p in opens.read()]
         out, err = self.capfd.readouterr()
         return Result(code, out, err, argv), events
 
-    def sub(self, argv, timeout: int = 300) -> Result:
-        """The command as its own process (for what could crash the interpreter)."""
+    def sub(self, argv, timeout: int = 300) -> tuple[Result, list]:
+        """The command as its own process (for what could crash the interpreter); what it opened under
+        outside/ and cwd/. `-P`: as the console script, the working directory is not on sys.path (the
+        import system would list it)."""
         argv = [str(a) for a in argv]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
         def cap_memory():
             resource.setrlimit(resource.RLIMIT_AS, (16 * 2**30, resource.RLIM_INFINITY))
 
+        opens = _Opens(self.outside, self.cwd)
         try:
-            r = subprocess.run([sys.executable, "-m", "longvideo", *argv], cwd=self.cwd, env=env, text=True,
-                               capture_output=True, timeout=timeout, preexec_fn=cap_memory)  # fmt: skip
-            return Result(r.returncode, r.stdout, r.stderr, argv)
+            cmd = [sys.executable, "-P", "-m", "longvideo", *argv]
+            r = subprocess.run(cmd, cwd=self.cwd, env=env, text=True, capture_output=True, timeout=timeout,
+                               preexec_fn=cap_memory)  # fmt: skip
+            res = Result(r.returncode, r.stdout, r.stderr, argv)
         except subprocess.TimeoutExpired as e:
-            return Result(f"timeout ({timeout} s)", "", str(e.stderr or ""), argv)
+            res = Result(f"timeout ({timeout} s)", "", str(e.stderr or ""), argv)
+        return res, [("read", p) for p in opens.read()]
 
     # checks
     def _touched(self, events: list, res: Result) -> None:
@@ -703,8 +751,9 @@ def test_a_crafted_tokenizer_is_a_one_line_error(box, assets, case):
         box.error(argv, needle="tokenizer")
         return
     before = _snapshot(box.root)
-    res = box.sub(argv)
+    res, opened = box.sub(argv)
     assert_one_line_error(res, needle="tokenizer")
+    box._touched(opened, res)
     assert _snapshot(box.root) == before, str(res)
 
 
@@ -898,14 +947,22 @@ def test_train_from_a_broken_vae_folder(box, assets, task, key, brk):
     assert CANARY.decode() not in err
 
 
-def test_train_resume_reads_nothing_outside_the_run(box):
-    """The newest checkpoint's weights a symlink out of the run folder (to an identical copy): the resume
-    must not read through it (it falls back to the checkpoint before, or stops with one line)."""
+@pytest.mark.parametrize("kind", ["weights_link", "extra_link", "json_link"])
+def test_train_resume_reads_nothing_outside_the_run(box, kind):
+    """A file of the newest checkpoint a symlink out of the run folder (to an identical copy of one), or an
+    extra such file the manifest does not list: the resume must not read through it (it falls back to the
+    checkpoint before, or stops with one line)."""
     config = tiny_train_config(box, "vae")
     res, _ = box.call(["train", config, "save_every=1", "keep=3"], timeout=240)
     assert res.code == 0, str(res)
     latest = sorted((box.out / "run" / "ckpt").glob("step_*"))[-1]
-    outside_link(box, latest / "model.safetensors", "model.safetensors", latest / "model.safetensors")
+    if kind == "weights_link":
+        outside_link(box, latest / "model.safetensors", "model.safetensors", latest / "model.safetensors")
+    elif kind == "extra_link":
+        shutil.copyfile(latest / "model.safetensors", box.outside / "extra.safetensors")
+        (latest / "extra.safetensors").symlink_to(box.outside / "extra.safetensors")
+    else:
+        outside_link(box, latest / "trainer.json", "trainer.json", latest / "trainer.json")
     res, events = box.call(["train", config, "save_every=1", "keep=3", "steps=3"], timeout=240)
     box._touched(events, res)
     if res.code != 0:
