@@ -103,6 +103,8 @@ def verify(path: str | Path) -> str | None:
         if (path / "trainer.json").is_file() and list(path.glob("*.pt")):
             return None  # the format before manifests: checked by loading it
         return f"no {MANIFEST}"
+    if man.is_symlink() or any(p.is_symlink() for p in path.iterdir()):
+        return "it holds a symlink (a checkpoint's files are its own)"
     try:
         files = json.loads(man.read_text())["files"]
     except (ValueError, KeyError, TypeError):
@@ -145,11 +147,15 @@ def newest_intact(root: str | Path) -> Path | None:
 def load_checkpoint(path: str | Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any], dict]:
     """(tensors, objects, meta) of one checkpoint folder."""
     path = Path(path)
-    skeletons = {p.stem: p for p in path.glob("*.json") if p.name not in (MANIFEST, "trainer.json")}
-    tensors = {p.stem: load_file(p) for p in path.glob("*.safetensors") if p.stem not in skeletons}
+    listed = None  # with a manifest, only the files it lists are read
+    if (path / MANIFEST).is_file():
+        listed = set(json.loads((path / MANIFEST).read_text())["files"])
+    files = [p for p in sorted(path.iterdir()) if listed is None or p.name in listed]
+    skeletons = {p.stem: p for p in files if p.suffix == ".json" and p.name not in (MANIFEST, "trainer.json")}
+    tensors = {p.stem: load_file(p) for p in files if p.suffix == ".safetensors" and p.stem not in skeletons}
     objects = {name: _unflatten(json.loads(p.read_text()), load_file(path / f"{name}.safetensors"))
                for name, p in skeletons.items()}  # fmt: skip
-    for p in path.glob("*.pt"):  # checkpoints written before this format
+    for p in (f for f in files if f.suffix == ".pt"):  # checkpoints written before this format
         objects[p.stem] = torch.load(p, map_location="cpu", weights_only=True)
     meta = json.loads((path / "trainer.json").read_text())
     return tensors, objects, meta
