@@ -947,7 +947,7 @@ def test_train_from_a_broken_vae_folder(box, assets, task, key, brk):
     assert CANARY.decode() not in err
 
 
-@pytest.mark.parametrize("kind", ["weights_link", "extra_link", "json_link"])
+@pytest.mark.parametrize("kind", ["weights_link", "extra_link", "json_link", "legacy_link"])
 def test_train_resume_reads_nothing_outside_the_run(box, kind):
     """A file of the newest checkpoint a symlink out of the run folder (to an identical copy of one), or an
     extra such file the manifest does not list: the resume must not read through it (it falls back to the
@@ -961,8 +961,12 @@ def test_train_resume_reads_nothing_outside_the_run(box, kind):
     elif kind == "extra_link":
         shutil.copyfile(latest / "model.safetensors", box.outside / "extra.safetensors")
         (latest / "extra.safetensors").symlink_to(box.outside / "extra.safetensors")
-    else:
+    elif kind == "json_link":
         outside_link(box, latest / "trainer.json", "trainer.json", latest / "trainer.json")
+    else:  # the format before manifests (trainer.json + *.pt), a .pt of it linked out
+        (latest / "MANIFEST.json").unlink()
+        torch.save({"state": {}}, box.outside / "extra.pt")
+        (latest / "extra.pt").symlink_to(box.outside / "extra.pt")
     res, events = box.call(["train", config, "save_every=1", "keep=3", "steps=3"], timeout=240)
     box._touched(events, res)
     if res.code != 0:
