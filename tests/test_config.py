@@ -111,3 +111,17 @@ def test_shapes_chain_is_the_script():
     run = re.findall(r"^longvideo train (configs/\S+\.yaml)", script, flags=re.M)
     assert len(run) == len(set(run)) > 0
     assert sorted(run) == sorted(str(p.relative_to(ROOT)) for p in (CONFIGS / "shapes").glob("*.yaml"))
+
+
+def test_yaml_aliases_are_refused(tmp_path):
+    """A config needs no aliases, and nested ones expand exponentially once copied ("billion laughs")."""
+    from longvideo.config import load_config
+    from longvideo.errors import UserError
+    from longvideo.train.dit import DiTTrainConfig
+
+    bomb = tmp_path / "bomb.yaml"
+    rows = ['a: &a ["x", "x", "x", "x", "x", "x", "x", "x"]']
+    rows += [f"{c}: &{c} [{', '.join([f'*{p}'] * 8)}]" for p, c in zip("abcdefg", "bcdefgh", strict=True)]
+    bomb.write_text("task: dit\n" + "\n".join(rows) + "\n")
+    with pytest.raises(UserError, match=r"aliases \(\*name\) are not allowed"):
+        load_config(DiTTrainConfig, bomb)

@@ -27,7 +27,14 @@ T = TypeVar("T")
 class _Loader(yaml.SafeLoader):
     """YAML with YAML 1.2's booleans and floats: only true/false are booleans (YAML 1.1 also reads yes/no/
     on/off, which turned `mixed_precision: no` into the string "False"; a bool field still takes them), and
-    1e-4 is a float (YAML 1.1 wants 1.0e-4)."""
+    1e-4 is a float (YAML 1.1 wants 1.0e-4). Aliases (`*name`) are refused: a config needs none, and
+    nested ones expand exponentially once copied ("billion laughs")."""
+
+    def compose_node(self, parent, index):  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.YAMLError(f"line {mark.line + 1}: aliases (*name) are not allowed in a config")
+        return super().compose_node(parent, index)
 
 
 _BOOL, _FLOAT = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:float"
