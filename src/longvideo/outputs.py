@@ -152,7 +152,10 @@ def command_guard() -> Iterator[None]:
     """Around a command: SIGTERM raises SystemExit(143) (cleanups run, the exit status stays 143), and
     progress bars still open when it ends are closed (left showing where they stopped), so an error
     printed after it starts its own line."""
-    installed = threading.current_thread() is threading.main_thread()
+    # nested guards (cli.main's around a command's own): only the outermost installs and restores, so a
+    # SIGTERM's SIG_IGN holds through every cleanup
+    main = threading.current_thread() is threading.main_thread()
+    installed = main and signal.getsignal(signal.SIGTERM) is not _raise_exit
     previous = signal.signal(signal.SIGTERM, _raise_exit) if installed else None
     try:
         yield

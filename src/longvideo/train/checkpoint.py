@@ -99,12 +99,12 @@ def verify(path: str | Path) -> str | None:
     """None if the checkpoint folder is intact, else what is wrong with it (one line)."""
     path = Path(path)
     man = path / MANIFEST
+    if any(p.is_symlink() for p in path.iterdir()):
+        return "it holds a symlink (a checkpoint's files are its own)"
     if not man.is_file():
         if (path / "trainer.json").is_file() and list(path.glob("*.pt")):
             return None  # the format before manifests: checked by loading it
         return f"no {MANIFEST}"
-    if man.is_symlink() or any(p.is_symlink() for p in path.iterdir()):
-        return "it holds a symlink (a checkpoint's files are its own)"
     try:
         files = json.loads(man.read_text())["files"]
     except (ValueError, KeyError, TypeError):
