@@ -141,6 +141,20 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
 TERMINATED = 128 + signal.SIGTERM  # the exit status of a process ended by SIGTERM
 
 
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike[str], what: str) -> Iterator[None]:
+    """One `what` (a curate run, a training run) writing to `folder` at a time: an flock on folder/.lock,
+    released when the process ends however it ends; a second one is a one-line error."""
+    import fcntl
+
+    with open(Path(folder) / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UserError(f"another {what} is writing to {folder} (its .lock is held)") from None
+        yield
+
+
 def _raise_exit(signum: int, frame: Any) -> None:
     # why: one SIGTERM unwinds; more during the cleanups must not cut them short
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -42,7 +42,7 @@ from longvideo.curate.probe import SourceInfo, probe_source
 from longvideo.curate.split import Span, chop, is_too_short, shots, stitch
 from longvideo.data.video_io import iter_frames
 from longvideo.errors import UserError
-from longvideo.outputs import check_folder_for, stop_pool, sweep_temps, worker_init, worker_task
+from longvideo.outputs import check_folder_for, folder_lock, stop_pool, sweep_temps, worker_init, worker_task
 
 _log = logging.getLogger(__name__)
 FORMAT = 1  # of the output folder; part of curate.json
@@ -109,7 +109,7 @@ def curate(
     except OSError as e:
         raise UserError(f"cannot create output folder {out}: {e.strerror or e}") from None
     t0 = time.perf_counter()
-    with _locked(out):
+    with folder_lock(out, "curate run"):  # two would interleave their final sorted rewrites
         mf.check_stamp(out, {"format": FORMAT, "config": dataclasses.asdict(cfg)})
         sweep_temps(out, recursive=True)  # what a killed run left (under the lock: no live run's files)
         if retry_errors:
@@ -163,19 +163,6 @@ def check_apart(inputs: Sequence[str | os.PathLike[str]], out: Path) -> None:
             raise UserError(f"curate: the output folder {out} is inside the input {item}; write it elsewhere")
         if r.startswith(o + os.sep):
             raise UserError(f"curate: the input {item} is inside the output folder {out}; write it elsewhere")
-
-
-@contextlib.contextmanager
-def _locked(out: Path) -> Iterator[None]:
-    """One run per output folder at a time (two would interleave their final sorted rewrites)."""
-    import fcntl
-
-    with open(out / ".lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise UserError(f"another curate run is writing to {out}") from None
-        yield
 
 
 # ------------------------------------------------------------------------------------------- workers

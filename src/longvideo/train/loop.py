@@ -30,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from longvideo.errors import UserError
+from longvideo.outputs import folder_lock
 from longvideo.parallel import barrier
 from longvideo.train.checkpoint import (
     latest_checkpoint,
@@ -147,7 +148,7 @@ def fit(trainer: Trainer, loop: LoopConfig, *, main: bool = True, name: str = "t
     with contextlib.ExitStack() as stack:
         if main:
             out.mkdir(parents=True, exist_ok=True)
-            stack.enter_context(run_lock(out))
+            stack.enter_context(folder_lock(out, "training run"))  # logs and checkpoints
             sweep_temporary(out / "ckpt")
         resumed = resume(trainer, loop)
         step = resumed or 0
@@ -199,19 +200,6 @@ def fit(trainer: Trainer, loop: LoopConfig, *, main: bool = True, name: str = "t
     if loop.export:
         trainer.export(loop.export)
     return {"steps": step, "resumed": resumed is not None, "skipped": skipped, "last": last, "out": str(out)}
-
-
-@contextlib.contextmanager
-def run_lock(out: Path) -> Iterator[None]:
-    """One training run per output folder at a time (two would interleave their logs and checkpoints)."""
-    import fcntl
-
-    with open(out / ".lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise UserError(f"another training run is writing to {out} (its .lock is held)") from None
-        yield
 
 
 @contextlib.contextmanager
