@@ -28,7 +28,8 @@ import torch
 from longvideo import __version__
 from longvideo.convert import sources as S
 from longvideo.errors import UserError
-from longvideo.models.text import TextEncoder, TextEncoderConfig, model_files, tokenizer_files
+from longvideo.models.text import TextEncoder, TextEncoderConfig
+from longvideo.models.text_files import model_files, tokenizer_files
 from longvideo.models.vae.io import save_vae
 from longvideo.models.weights import (
     FORMAT,

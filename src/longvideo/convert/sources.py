@@ -178,7 +178,7 @@ def read_vae(fmt: SourceFormat, folder: Path, dtype: torch.dtype = torch.float32
 def find_text_encoder(src: Path, text_encoder: str | Path | None) -> tuple[Path, Path] | None:
     """(model folder, tokenizer folder): --text-encoder (any layout models/text.py reads), else
     SRC/text_encoder + SRC/tokenizer."""
-    from longvideo.models.text import resolve_folders
+    from longvideo.models.text_files import resolve_folders
 
     if text_encoder is not None:
         return resolve_folders(text_encoder)
