@@ -123,12 +123,13 @@ def verify(path: str | Path) -> str | None:
 
 
 def newest_intact(root: str | Path) -> Path | None:
-    """The newest checkpoint that verifies and loads; damaged newer ones are reported on stderr and skipped.
+    """The newest checkpoint that verifies (by its manifest; one without, by loading it); damaged newer ones
+    are reported on stderr and skipped.
     None when there is no checkpoint; a UserError when there are some but none is intact."""
     ckpts = list_checkpoints(root)
     for path in reversed(ckpts):
         problem = verify(path)
-        if problem is None:
+        if problem is None and not (path / MANIFEST).is_file():  # the format before manifests: a load
             try:
                 load_checkpoint(path)
             except Exception as e:  # a legacy checkpoint without manifest that does not load
