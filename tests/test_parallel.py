@@ -20,7 +20,6 @@ from longvideo.parallel import (
     parallelize,
     unwrap,
 )
-from longvideo.parallel.mesh import Mesh
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -72,11 +71,8 @@ def test_parallelize_checkpointing_keeps_outputs_grads_and_keys():
         torch.testing.assert_close(grads[n], g, rtol=1e-6, atol=1e-7)
 
 
-def test_parallelize_refuses_sequence_parallel_until_built():
+def test_parallelize_refuses_unknown_modes():
     model, _ = _tiny()
-    mesh = Mesh(DistEnv(world_size=2), ParallelDims(1, 2, 1))
-    with pytest.raises(UserError, match="sequence parallel"):
-        parallelize(model, mesh, ParallelConfig("none"))
     with pytest.raises(UserError, match="parallel must be one of"):
         parallelize(model, build_mesh(DistEnv()), ParallelConfig("pipeline"))
 

@@ -204,6 +204,25 @@ def test_two_process_gloo_equals_one_process(tmp_path, tiny_vae, cache, mode):
         torch.testing.assert_close(wa["model"][k], wb["model"][k], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("world, mode", [(2, "ddp"), (4, "fsdp")])
+def test_sequence_parallel_training_equals_one_process_and_resumes(tmp_path, tiny_vae, cache, world, mode):
+    """sp 2 (dp 1 x sp 2 with DDP over the sp ranks; dp 2 x sp 2 with FSDP2 over all four): the loss
+    sequence of one process, image steps (one latent frame: run whole on each sp rank) included; stopped at
+    step 3 and resumed, it goes on exactly (dp 2 x sp 1 is test_two_process_gloo_equals_one_process)."""
+    kw = {"steps": 5, "data.image_every": 2}
+    DiTTrainer(_cfg(tmp_path / "one", tiny_vae, cache, **kw)).fit(progress=False)
+    over = _overrides(tmp_path / "sp", tiny_vae, cache, parallel=mode, sp=2, **kw)
+    mp.start_processes(
+        _worker, args=(world, _free_port(), [*over, "stop_at=3"]), nprocs=world, start_method="spawn"
+    )
+    assert len(_losses(tmp_path / "sp")) == 3
+    mp.start_processes(_worker, args=(world, _free_port(), over), nprocs=world, start_method="spawn")
+    one, sp = _losses(tmp_path / "one"), _losses(tmp_path / "sp")
+    assert len(sp) == 5
+    assert sp == pytest.approx(one, rel=1e-5)
+
+
 def test_lora_trains_adapters_and_exports_merged(tmp_path, tiny_vae, cache):
     from longvideo.pipelines.video import VideoPipeline
 

@@ -1,5 +1,6 @@
 """Parallelism applied from outside the models (DESIGN.md §2): process groups and the device mesh
-(mesh.py), `parallelize` (apply.py: activation checkpointing, compile, DDP or FSDP2 sharding, in one order)
+(mesh.py), `parallelize` (apply.py: sequence parallel, activation checkpointing, compile, DDP or FSDP2
+sharding, in one order; `parallelize_inference`: sequence and CFG parallel), sp.py / ring.py / cfg.py
 and the helpers that see through DDP wrappers and FSDP2 DTensors. Model files never import this package."""
 
 from longvideo.parallel.apply import (
@@ -14,6 +15,7 @@ from longvideo.parallel.apply import (
     load_full_state_dict,
     no_sync,
     parallelize,
+    parallelize_inference,
     unwrap,
 )
 from longvideo.parallel.dist import DistEnv, all_reduce_sum, barrier, init_distributed, shutdown
@@ -38,6 +40,7 @@ __all__ = [
     "load_full_state_dict",
     "no_sync",
     "parallelize",
+    "parallelize_inference",
     "shutdown",
     "unwrap",
 ]

@@ -31,6 +31,7 @@ class ParallelConfig:
     data_parallel: str = "ddp"  # "none" | "ddp" | "fsdp" (over the mesh's dp dimension; a dp of 1: none)
     activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
     compile: bool = False  # torch.compile each block
+    ring: int = 0  # sequence parallel: ranks in the ring, the rest Ulysses; 0 = chosen by the heads (sp.py)
 
     def validate(self) -> ParallelConfig:
         if self.data_parallel not in MODES:
@@ -42,13 +43,30 @@ def parallelize(model: nn.Module, mesh: Mesh, cfg: ParallelConfig) -> nn.Module:
     """Apply the parallel plan to a model on its device; call before building the optimizer."""
     cfg.validate()
     if mesh.size("sp") > 1:  # 1. sequence parallel
-        raise UserError("sequence parallel (sp > 1) is not built yet (issue #22); use sp=1")
+        from longvideo.parallel.sp import sequence_parallel
+
+        sequence_parallel(model, mesh, cfg.ring)
     if cfg.activation_checkpointing:  # 2.
         checkpoint_blocks(model)
     if cfg.compile:  # 3.
         for block in model.transformer_blocks:
             block.forward = torch.compile(block.forward)
     return data_parallel(model, mesh, cfg.data_parallel)  # 4.
+
+
+def parallelize_inference(model: nn.Module, mesh: Mesh, ring: int = 0) -> nn.Module:
+    """The generation plan: sequence parallel over the mesh's sp ranks (`ring` of them in the ring, the rest
+    Ulysses; 0 = chosen from the heads, see sp.py), then CFG parallel over its cfg ranks (the doubled
+    [cond; uncond] batch split, cfg.py). The model's forward is replaced in place; keys are unchanged."""
+    if mesh.size("sp") > 1:
+        from longvideo.parallel.sp import sequence_parallel
+
+        sequence_parallel(model, mesh, ring)
+    if mesh.size("cfg") > 1:
+        from longvideo.parallel.cfg import cfg_parallel
+
+        cfg_parallel(model, mesh)
+    return model
 
 
 def checkpoint_blocks(model: nn.Module) -> nn.Module:
@@ -64,23 +82,27 @@ def checkpoint_blocks(model: nn.Module) -> nn.Module:
 
 
 def data_parallel(model: nn.Module, mesh: Mesh, mode: str) -> nn.Module:
-    """ "ddp": DistributedDataParallel over the dp group (gradients averaged over its ranks); "fsdp": FSDP2
-    `fully_shard` on every transformer block and the root over the dp mesh (parameters, gradients and
-    optimizer state sharded, gradients averaged); "none" or a dp of one: the model itself."""
+    """ "ddp": DistributedDataParallel; "fsdp": FSDP2 `fully_shard` on every transformer block and the root
+    (parameters, gradients and optimizer state sharded); "none": the model itself. Over the dp ranks, or
+    with sequence parallel over the dp x sp ranks (a sequence-parallel model's gradients average over its sp
+    ranks to the one-process gradient, sp.py): gradients averaged. "none" with sp > 1 still needs that
+    average: it gets DDP over the sp ranks."""
     if mode not in MODES:
         raise ValueError(f"parallel mode must be one of {MODES}, got {mode!r}")
-    if mode == "none" or mesh.size("dp") == 1:
+    dp, sp = mesh.size("dp"), mesh.size("sp")
+    if dp * sp == 1 or (mode == "none" and sp == 1):
         return model
-    if mode == "ddp":
-        dev = mesh.env.device
-        ids = [dev.index] if dev.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids, process_group=mesh.group("dp"))
-    from torch.distributed.fsdp import fully_shard
+    flat = mesh.flat_dp_sp() if sp > 1 else mesh["dp"]
+    if mode == "fsdp":
+        from torch.distributed.fsdp import fully_shard
 
-    for block in model.transformer_blocks:
-        fully_shard(block, mesh=mesh["dp"])
-    fully_shard(model, mesh=mesh["dp"])
-    return model
+        for block in model.transformer_blocks:
+            fully_shard(block, mesh=flat)
+        fully_shard(model, mesh=flat)
+        return model
+    dev = mesh.env.device
+    ids = [dev.index] if dev.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, process_group=flat.get_group())
 
 
 def unwrap(model: nn.Module) -> nn.Module:

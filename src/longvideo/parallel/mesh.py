@@ -5,10 +5,14 @@
     mesh.size("dp"), mesh.rank("dp"), mesh.group("dp")
 
 `dp` is data parallel (samples split, gradients averaged: DDP or FSDP2 over this dimension), `sp` sequence
-parallel (one sample's tokens split over ranks), `cfg` classifier-free-guidance parallel (the two guidance
-branches on two ranks, at inference). Only dp has users so far; sp and cfg are the room the sequence-parallel
-plans (issue #22) fill -- `parallelize` refuses sp > 1 until then. Trainers split batches, reduce logged
-losses and scale gradients over `dp`, never over the whole world: with sp > 1 the two differ.
+parallel (one sample's tokens split over ranks, sp.py), `cfg` classifier-free-guidance parallel (the two
+guidance branches on two ranks, at inference, cfg.py). Trainers split batches and reduce logged losses over
+`dp`, never over the whole world: with sp > 1 the two differ. Gradients are averaged over the flattened
+`dp x sp` ranks in one reduction (`flat_dp_sp`; sp.py makes the sp ranks' mean the one-process gradient).
+
+USP (Ulysses x Ring) splits the sp ranks once more: `sp_groups(ring)` gives this rank's Ulysses group
+(`sp // ring` neighbouring sp ranks) and ring group (`ring` ranks, one from each Ulysses group); sp rank
+s = ring_index * ulysses + ulysses_index.
 
 In a world of one nothing is initialised and every dimension has size 1 (group None: the collectives in
 dist.py are then the identity), so the same code runs on a laptop and under torchrun.
@@ -53,6 +57,8 @@ class Mesh:
 
     def __init__(self, env: DistEnv, dims: ParallelDims, device_mesh=None):
         self.env, self.dims, self.device_mesh = env, dims, device_mesh
+        self._flat = None  # flat_dp_sp's DeviceMesh
+        self._usp: dict = {}  # ring degree -> the (dp, ring, ulysses, cfg) DeviceMesh
 
     def size(self, dim: str) -> int:
         return getattr(self.dims, _check(dim))
@@ -72,6 +78,37 @@ class Mesh:
     def __getitem__(self, dim: str):
         """The 1-D DeviceMesh along `dim` (FSDP2's `mesh=`); None in a world of one."""
         return None if self.device_mesh is None else self.device_mesh[_check(dim)]
+
+    def flat_dp_sp(self):
+        """The 1-D DeviceMesh over this rank's dp x sp peers (same cfg coordinate), for the one gradient
+        reduction of data + sequence parallel training; None in a world of one. Built once (collective)."""
+        if self.device_mesh is None:
+            return None
+        if self._flat is None:
+            from torch.distributed.device_mesh import init_device_mesh
+
+            shape = (self.dims.dp * self.dims.sp, self.dims.cfg)
+            self._flat = init_device_mesh(self.env.device.type, shape, mesh_dim_names=("dp_sp", "cfg"))
+        return self._flat["dp_sp"]
+
+    def sp_groups(self, ring: int):
+        """(ulysses group, ring group) of this rank for `ring` ranks in the ring (1 <= ring, ring | sp);
+        None for a group of one. Built once per ring degree (collective: every rank must call it)."""
+        sp = self.dims.sp
+        if ring < 1 or sp % ring:
+            raise UserError(f"parallel: ring={ring} must divide sp={sp}")
+        if ring == 1:
+            return self.group("sp"), None
+        if ring == sp:
+            return None, self.group("sp")
+        if ring not in self._usp:
+            from torch.distributed.device_mesh import init_device_mesh
+
+            shape = (self.dims.dp, ring, sp // ring, self.dims.cfg)
+            names = ("dp", "ring", "ulysses", "cfg")
+            self._usp[ring] = init_device_mesh(self.env.device.type, shape, mesh_dim_names=names)
+        m = self._usp[ring]
+        return m.get_group("ulysses"), m.get_group("ring")
 
 
 def build_mesh(env: DistEnv, dims: ParallelDims = ParallelDims()) -> Mesh:

@@ -2,9 +2,11 @@
 
     longvideo train CONFIG.yaml [key=value ...]          # task: dit (dit_config.py)
     torchrun --nproc-per-node 8 -m longvideo train CONFIG.yaml parallel=fsdp mixed_precision=bf16
+    torchrun --nproc-per-node 8 -m longvideo train CONFIG.yaml parallel=fsdp sp=4   # dp 2 x sp 4
 
 What a step does: take global batch `step` from the sampler (a function of (seed, step) only), give data-
-parallel rank r its slice, and for every sample j of the global batch draw its randomness from a generator
+parallel rank r its slice (the sp ranks of one dp rank take the same slice and split each clip's frames,
+parallel/sp.py), and for every sample j of the global batch draw its randomness from a generator
 seeded by (seed, step, j) (dit_draws.py). The loss of a step is therefore the same whatever the world size and
 however the batch is split into micro-batches, and a resumed run replays exactly the batches and noise the
 uninterrupted run would have drawn (tests/test_train_dit.py checks both).
@@ -78,7 +80,7 @@ class DiTTrainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.env = env if env is not None else init_distributed(cfg.device)
-        self.mesh = build_mesh(self.env, ParallelDims(dp=-1))
+        self.mesh = build_mesh(self.env, ParallelDims(dp=-1, sp=cfg.sp))
         dp = self.mesh.size("dp")
         if cfg.batch_size % (dp * cfg.grad_accum):
             raise UserError(f"batch_size {cfg.batch_size} must be a multiple of data-parallel ranks x "
@@ -104,7 +106,7 @@ class DiTTrainer:
         self.trainable = cfg.trainable or extend
         self._freeze(model)
         model.to(self.env.device)
-        pcfg = ParallelConfig(cfg.parallel, cfg.activation_checkpointing)
+        pcfg = ParallelConfig(cfg.parallel, cfg.activation_checkpointing, ring=cfg.ring)
         self.model = parallelize(model, self.mesh, pcfg)
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:

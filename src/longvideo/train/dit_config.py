@@ -106,6 +106,10 @@ class DiTTrainConfig:
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (autocast; fp16 with a grad scaler)
     activation_checkpointing: bool = False
     parallel: str = "ddp"  # "ddp" | "fsdp" | "none" (under torchrun; one process ignores it)
+    # sequence parallel: each clip's frames split over sp ranks (torchrun --nproc-per-node dp x sp), `ring`
+    # of them in the ring and the rest Ulysses (0: Ulysses when the heads divide by sp, else ring; sp.py)
+    sp: int = 1
+    ring: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     freeze: list[str] = field(default_factory=list)  # parameter-name globs to freeze
     trainable: list[str] = field(default_factory=list)  # if set, only these globs train
@@ -137,6 +141,10 @@ class DiTTrainConfig:
             raise UserError(f"mixed_precision must be one of {', '.join(PRECISIONS)}")
         if self.parallel not in MODES:
             raise UserError(f"parallel must be one of {', '.join(MODES)}, got {self.parallel!r}")
+        if self.sp < 1 or self.ring < 0 or (self.ring and self.sp % self.ring):
+            raise UserError(
+                f"sp must be >= 1 and ring 0 (auto) or a divisor of sp, got sp={self.sp}, ring={self.ring}"
+            )
         if self.lr_schedule not in schedule.SCHEDULES:
             raise UserError(f"lr_schedule must be one of {', '.join(schedule.SCHEDULES)}")
         if not (0 <= self.text_drop <= 1 and self.p_image_cond >= 0 and self.p_continue >= 0):

@@ -49,6 +49,23 @@ def _from_frames(o: Tensor, b: int, t: int) -> Tensor:
     return o.unflatten(0, (b, -1)).permute(0, 3, 1, 2, 4).reshape(b, -1, nh * d)
 
 
+class FirstFrame(nn.Module):
+    """Frame 0's slice of per-frame tensors, (B, T, ...) -> (B, ...): the dual stream's cross-attention keys
+    and values are frame 0's text. `select_fn` is a plain attribute that code outside the model may swap
+    (parallel/: with the frames split over ranks, frame 0 lives on one of them). No parameters, no state."""
+
+    def __init__(self):
+        super().__init__()
+        self.select_fn = _frame_zero
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.select_fn(x)
+
+
+def _frame_zero(x: Tensor) -> Tensor:
+    return x[:, 0]
+
+
 class ParallelAttention(nn.Module):
     def __init__(self, dim: int, heads: int, head_dim: int, dual: bool, text_queries: bool):
         super().__init__()
@@ -68,6 +85,7 @@ class ParallelAttention(nn.Module):
         self.spatial_op, self.temporal_op, self.cross_op = (
             AttentionOp(k) for k in ("spatial", "temporal", "cross")
         )
+        self.first_frame = FirstFrame()
 
     def _temporal(self, q: Tensor, k: Tensor, v: Tensor, b: int, t: int, rope: Rope) -> Tensor:
         """per-frame (B*T, heads, N, d) q/k/v -> (B, T*N, inner) attention across frames."""
@@ -84,7 +102,7 @@ class ParallelAttention(nn.Module):
         if self.dual:
             tt = ht.reshape(b * t, -1, ht.shape[-1])
             tk, tv = (split_heads(f(tt), nh) for f in (self.add_k_proj, self.add_v_proj))  # (BT, nh, L, d)
-            k0, v0 = tk.unflatten(0, (b, t))[:, 0], tv.unflatten(0, (b, t))[:, 0]  # frame 0's text
+            k0, v0 = (self.first_frame(y.unflatten(0, (b, t))) for y in (tk, tv))  # frame 0's text
             if self.add_q_proj is not None:
                 tq = split_heads(self.add_q_proj(tt), nh)
         else:
